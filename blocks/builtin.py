@@ -1,0 +1,45 @@
+"""Registers the built-in blocks: C (MambaVision conv block), M (MambaVision mixer), A (self-attention).
+
+The option schemas here are the grammar's contract; the classes live in their own small files.
+"""
+
+from blocks.attention import Attention
+from blocks.conv import ConvBlock
+from blocks.mixer import MambaVisionMixer
+from blocks.options import Option
+from blocks.registry import register_block
+
+register_block(
+    "C",
+    ConvBlock,
+    kind="conv",
+    help="MambaVision conv block: conv3x3-BN-GELU(tanh)-conv3x3-BN + residual",
+)
+
+register_block(
+    "M",
+    MambaVisionMixer,
+    kind="mixer",
+    options=[
+        Option("d_state", int, 8, min=1, max=256, help="SSM state size N"),
+        Option("d_conv", int, 3, min=1, max=16, help="depthwise conv1d kernel size"),
+        Option("expand", int, 1, min=1, max=8, help="inner width = expand * dim"),
+        Option("conv", str, "regular", choices=("regular", "causal"), help="SSM-branch conv1d: 'same' or left-padded causal"),
+        Option(
+            "branch",
+            str,
+            "concat",
+            choices=("concat", "gate", "none"),
+            help="symmetric branch: concatenated (MambaVision), gating y*silu(z) (Mamba), or absent",
+        ),
+    ],
+    help="MambaVision mixer in the standard block (Table 4 variants via conv= and branch=)",
+)
+
+register_block(
+    "A",
+    Attention,
+    kind="mixer",
+    options=[Option("qkv_bias", bool, True, help="bias on the qkv projection")],
+    help="multi-head self-attention (SDPA) in the standard block, inside windows",
+)
