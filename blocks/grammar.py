@@ -90,16 +90,27 @@ def parse(text: "str | Pattern") -> Pattern:
 
 
 def canonical(pattern: "str | Pattern") -> str:
-    """The canonical text of a pattern: run-length encoded, options sorted, defaults dropped."""
+    """The canonical text of a pattern: run-length encoded (periodic stages as one group), options sorted,
+    defaults dropped."""
     return parse(pattern).canonical()
 
 
 def _canonical_stage(stage: tuple[BlockSpec, ...]) -> str:
+    """A periodic stage folds to `(unit)*k` (`A M A M` -> `(A M)*2`); otherwise runs fold to `X*n`.
+
+    Both rules are functions of the block sequence alone, so the text is unique for each stage.
+    """
+    n = len(stage)
+    for period in range(1, n // 2 + 1):
+        if n % period == 0 and stage == stage[:period] * (n // period):
+            if period == 1:
+                return f"{stage[0].canonical()}*{n}"
+            return f"({_canonical_stage(stage[:period])})*{n // period}"
     parts: list[str] = []
     i = 0
-    while i < len(stage):
+    while i < n:
         j = i
-        while j < len(stage) and stage[j] == stage[i]:
+        while j < n and stage[j] == stage[i]:
             j += 1
         text = stage[i].canonical()
         parts.append(text if j - i == 1 else f"{text}*{j - i}")
