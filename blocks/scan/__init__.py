@@ -1,0 +1,57 @@
+"""Selective scan (Mamba-1 S6) with pluggable backends, same call as mamba-ssm's `selective_scan_fn`.
+
+    from blocks.scan import selective_scan
+    y = selective_scan(u, delta, A, B, C, D, delta_bias=b, delta_softplus=True)   # backend="auto"
+
+Backends: "reference" (sequential loop, ground truth), "fast" (CPU default, hand-written backward),
+"mamba_ssm" (CUDA kernel when importable). `auto` is resolved per call; see `blocks.scan.backends`.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from torch import Tensor
+
+from blocks.scan._common import check_inputs
+from blocks.scan.backends import ENV_VAR, available_backends, backend_impl, resolve_backend, scan_backend
+
+__all__ = ["ENV_VAR", "available_backends", "resolve_backend", "scan_backend", "scan_flops", "selective_scan"]
+
+
+def scan_flops(batch: int, dim: int, length: int, state: int, with_D: bool = True, with_z: bool = False) -> int:
+    """Analytic FLOPs of one forward scan: 9*B*L*D*N (+B*D*L for the D skip, +B*D*L for z gating).
+
+    The convention of state-spaces/mamba#110, also used by VMamba's FLOP counter.
+    """
+    flops = 9 * batch * length * dim * state
+    if with_D:
+        flops += batch * dim * length
+    if with_z:
+        flops += batch * dim * length
+    return flops
+
+
+def selective_scan(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Optional[Tensor] = None,
+    z: Optional[Tensor] = None,
+    delta_bias: Optional[Tensor] = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+    *,
+    backend: str = "auto",
+):
+    """out (B, D, L) in u's dtype, or (out, last_state (B, D, N)) when return_last_state.
+
+    h_t = exp(delta_t * A) * h_{t-1} + delta_t * B_t * u_t;  y_t = <C_t, h_t>;  out = (y + D*u) * silu(z),
+    with delta = softplus(delta + delta_bias) when asked. Computed in float32 (float64 if any input is).
+    """
+    check_inputs(u, delta, A, B, C, D, z, delta_bias)
+    name = resolve_backend(backend, u.device)
+    fn = backend_impl(name)
+    return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)

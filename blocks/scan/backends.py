@@ -1,0 +1,120 @@
+"""Backend registry and `auto` resolution for the selective scan.
+
+Precedence for `backend="auto"`: the innermost `scan_backend(...)` context, then the environment variable
+HYBRIDLAB_SCAN_BACKEND, then the device default (CUDA tensors with mamba-ssm importable -> "mamba_ssm",
+else "fast"). An explicit backend name always wins. Unknown or unavailable names raise ConfigError.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import threading
+from typing import Callable, Iterator, Optional
+
+import torch
+
+from hybridlab.errors import ConfigError
+
+ENV_VAR = "HYBRIDLAB_SCAN_BACKEND"
+BACKEND_NAMES = ("reference", "fast", "mamba_ssm")
+
+_local = threading.local()
+
+
+@functools.lru_cache(maxsize=1)
+def _mamba_ssm_fn() -> Optional[Callable]:
+    """The CUDA kernel's Python entry point, or None; imported once and only when asked for."""
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+    except Exception:  # ImportError, or a broken CUDA extension raising at import time
+        return None
+    return selective_scan_fn
+
+
+def _implemented() -> dict[str, Callable]:
+    from blocks.scan.reference import selective_scan_reference
+
+    impls: dict[str, Callable] = {"reference": selective_scan_reference}
+    try:
+        from blocks.scan.fast import selective_scan_fast
+    except ImportError:  # pragma: no cover - only while the fast backend is being written
+        pass
+    else:
+        impls["fast"] = selective_scan_fast
+    return impls
+
+
+def available_backends(device: Optional[torch.device | str] = None) -> list[str]:
+    """Backends usable here; with `device`, only those that can run tensors on that device."""
+    names = list(_implemented())
+    if _mamba_ssm_fn() is not None and torch.cuda.is_available():
+        if device is None or torch.device(device).type == "cuda":
+            names.append("mamba_ssm")
+    return names
+
+
+def _check_name(name: str, source: str) -> str:
+    if name not in BACKEND_NAMES and name != "auto":
+        raise ConfigError(
+            f"unknown scan backend {name!r} (from {source}); choose one of auto, {', '.join(BACKEND_NAMES)}",
+            "selective_scan",
+        )
+    return name
+
+
+def _requested() -> tuple[str, str]:
+    """The backend asked for by a context manager or the environment, and where it came from."""
+    stack = getattr(_local, "stack", None)
+    if stack:
+        return stack[-1], "scan_backend()"
+    env = os.environ.get(ENV_VAR, "").strip()
+    if env:
+        return env, f"${ENV_VAR}"
+    return "auto", "default"
+
+
+def resolve_backend(name: str = "auto", device: Optional[torch.device | str] = None) -> str:
+    """Turn a backend name (possibly "auto") into a concrete, available backend for tensors on `device`."""
+    source = "backend argument"
+    _check_name(name, source)
+    if name == "auto":
+        name, source = _requested()
+        _check_name(name, source)
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    if name == "auto":
+        if dev.type == "cuda" and "mamba_ssm" in available_backends(dev):
+            return "mamba_ssm"
+        return "fast" if "fast" in _implemented() else "reference"
+    if name == "mamba_ssm":
+        if _mamba_ssm_fn() is None:
+            raise ConfigError(f"scan backend 'mamba_ssm' (from {source}) needs mamba-ssm, which is not importable", "selective_scan")
+        if dev.type != "cuda":
+            raise ConfigError(f"scan backend 'mamba_ssm' (from {source}) needs CUDA tensors, got {dev.type}", "selective_scan")
+    elif name not in _implemented():
+        raise ConfigError(f"scan backend {name!r} (from {source}) is not available here", "selective_scan")
+    return name
+
+
+def backend_impl(name: str) -> Callable:
+    """The callable for a resolved backend name."""
+    if name == "mamba_ssm":
+        fn = _mamba_ssm_fn()
+        assert fn is not None
+        return fn
+    return _implemented()[name]
+
+
+@contextlib.contextmanager
+def scan_backend(name: str) -> Iterator[str]:
+    """Make `backend="auto"` mean `name` inside the block (this thread only); beats $HYBRIDLAB_SCAN_BACKEND."""
+    _check_name(name, "scan_backend()")
+    stack = getattr(_local, "stack", None)
+    if stack is None:
+        stack = _local.stack = []
+    stack.append(name)
+    try:
+        yield name
+    finally:
+        stack.pop()
