@@ -42,7 +42,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except HybridlabError as exc:
-        print(f"hybridlab {args.command}: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines() or [type(exc).__name__]:  # a study file may have several problems
+            print(f"hybridlab {args.command}: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"hybridlab {args.command}: interrupted", file=sys.stderr)

@@ -7,7 +7,7 @@ booleans (True = attention) so the same rule works with any mixer/attention symb
 
 from __future__ import annotations
 
-import random as _random
+import random
 from dataclasses import dataclass
 from typing import Callable
 
@@ -49,8 +49,8 @@ def _spread(depth: int, k: int, seed: int) -> list[bool]:
     return flags
 
 
-def _random(depth: int, k: int, seed: int) -> list[bool]:
-    positions = set(_random.Random(f"hybridlab-random-{depth}-{k}-{seed}").sample(range(depth), k))
+def _random_positions(depth: int, k: int, seed: int) -> list[bool]:
+    positions = set(random.Random(f"hybridlab-random-{depth}-{k}-{seed}").sample(range(depth), k))
     return [i in positions for i in range(depth)]
 
 
@@ -62,7 +62,7 @@ FAMILIES: dict[str, Family] = {
         Family("interleave_am", _alternate(True), lambda n: (n + 1) // 2, False, False, "Mixed layers-1: SMSMSMSM"),
         Family("interleave_ma", _alternate(False), lambda n: n // 2, False, False, "Mixed layers-2: MSMSMSMS"),
         Family("attn_last_quarter", _last, lambda n: n // 4, False, False, "Last N/4 layers: MMMMMMSS"),
-        Family("random", _random, lambda n: n // 2, True, True, "Random"),
+        Family("random", _random_positions, lambda n: n // 2, True, True, "Random"),
         Family("attn_last", _last, lambda n: n // 2, True, False),
         Family("attn_first", _first, lambda n: n // 2, True, False),
         Family("attn_spread", _spread, lambda n: n // 2, True, False),

@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Sequence
 
+import itertools
+
 import optuna
 
 from blocks.grammar import BlockSpec, Pattern, parse
@@ -219,13 +221,11 @@ class SearchSpace:
                 raise ConfigError(f"option {name!r} of block {symbol!r}: {exc}", where) from None
         return out
 
-    def _check_all_buildable(self) -> None:
-        """Build the first candidate now so an impossible combination fails before any training."""
-        first = {d.name: d.choices[0] for d in self.dimensions}
-        self.candidate({k: v for k, v in first.items() if self._dimension(k).active(first)})
-
-    def _dimension(self, name: str) -> Dimension:
-        return next(d for d in self.dimensions if d.name == name)
+    def _check_all_buildable(self, limit: int = 4096) -> None:
+        """Validate every candidate's spec (cheap: no model is built) so an impossible combination fails
+        before any training; huge free spaces are checked on their first `limit` assignments."""
+        for params in itertools.islice(self._param_sets(), limit):
+            self.candidate(params)
 
     # -- enumeration and sampling ---------------------------------------------------------------
     @property

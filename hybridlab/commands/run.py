@@ -1,0 +1,49 @@
+"""`hybridlab run [STUDY]`: run (or resume) a study; with no file, the quickstart study."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_study_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--storage", help="Optuna storage URL (default sqlite:///<results-dir>/<study>/study.db)")
+    parser.add_argument("--results-dir", default="results", type=Path, help="where studies write (default ./results)")
+    parser.add_argument("--n-trials", type=int, help="total number of finished trials to reach (across workers)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a study-file value, e.g. --set train.epochs=2 (repeatable)",
+    )
+    parser.add_argument("--device", help="device for this process, e.g. cuda:1 (default: the study's)")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("run", help="run or resume a study (default: the quickstart study)")
+    parser.add_argument("study", nargs="?", help="study file or built-in study name (default: quickstart)")
+    add_study_args(parser)
+    parser.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    parser.add_argument("--check", action="store_true", help="validate the study file and exit")
+    parser.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace, report: bool | None = None) -> int:
+    from studies.config import load_study_config
+    from studies.runner import RunOptions, run_study
+
+    if args.n_trials is not None and args.n_trials < 1:
+        from hybridlab.errors import ConfigError
+
+        raise ConfigError(f"must be at least 1, got {args.n_trials}", "--n-trials")
+    config = load_study_config(args.study, overrides=args.overrides)
+    if getattr(args, "check", False):
+        print(f"{config.source}: ok ({config.space.size()} candidates, sampler {config.sampler['name']})")
+        return 0
+    options = RunOptions(
+        results_dir=args.results_dir,
+        storage=args.storage,
+        n_trials=args.n_trials,
+        device=args.device,
+        report=(not getattr(args, "no_report", False)) if report is None else report,
+    )
+    run_study(config, options)
+    return 0
