@@ -1,0 +1,24 @@
+"""`hybridlab compare STUDY_A STUDY_B [...]`: the Pareto fronts of several studies on one plot."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "compare", help="the Pareto fronts of several studies on one plot, with a small table",
+        description="Write compare.png/.svg, compare.md/.csv and compare.html for two or more studies "
+                    "that share their objectives.")
+    parser.add_argument("sources", nargs="+", metavar="STUDY",
+                        help="study names under --results-dir, study folders or storage URLs (two or more)")
+    parser.add_argument("--results-dir", default="results", help="where studies live (default ./results)")
+    parser.add_argument("--out", default=None, help="output folder (default <results-dir>/compare-A-vs-B)")
+    parser.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from reports.build import compare
+
+    compare(args.sources, results_dir=args.results_dir, out=args.out, echo=print)
+    return 0

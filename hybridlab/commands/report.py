@@ -1,0 +1,26 @@
+"""`hybridlab report STUDY_NAME_OR_STORAGE`: write a study's plots, tables and HTML page."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "report", help="Pareto plot, hypervolume, tables and an HTML page for a study",
+        description="Write <results-dir>/<study>/report/: pareto.png/.svg (or ranking.png/.svg for one "
+                    "objective), hypervolume.png, table.md/.csv, ablation.md/.csv and report.html.")
+    parser.add_argument("source", metavar="STUDY_NAME_OR_STORAGE",
+                        help="a study name under --results-dir, a study folder, or a storage URL "
+                             "(sqlite:///..., postgresql://..., journal:///path/file.log)")
+    parser.add_argument("--results-dir", default="results", help="where studies live (default ./results)")
+    parser.add_argument("--out", default=None, help="report folder (default <results-dir>/<study>/report)")
+    parser.add_argument("--study", default=None, help="study name inside a storage URL holding several studies")
+    parser.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from reports.build import build_report
+
+    build_report(args.source, results_dir=args.results_dir, out=args.out, study=args.study, echo=print)
+    return 0

@@ -1,0 +1,304 @@
+"""Build a study's report folder, and compare several studies.
+
+`build_report` writes into `<results-dir>/<study>/report/` by default:
+pareto.png/.svg (multi-objective) or ranking.png/.svg (single objective), hypervolume.png,
+table.md/.csv, ablation.md/.csv (ablation studies) and report.html (self-contained).
+Files from an earlier run that this run does not produce are removed, so the folder never mixes runs.
+"""
+
+from __future__ import annotations
+
+import html as html_lib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+import hybridlab
+from hybridlab.errors import HybridlabError
+from reports import plots
+from reports.html import Page
+from reports.hypervolume import history, hypervolume, reference_point
+from reports.load import Objective, StudyData, load_study, mask_url
+from reports.pareto import finished_rows, to_minimization
+from reports.tables import (Table, ablation_csv, ablation_frame, ablation_table, architecture_csv,
+                            architecture_table, fmt_metric, header, unfinished_table)
+from reports.pareto import aggregate
+from studies.table import state_counts
+
+REPORT_FILES = ("pareto.png", "pareto.svg", "ranking.png", "ranking.svg", "hypervolume.png", "table.md",
+                "table.csv", "ablation.md", "ablation.csv", "report.html")
+COMPARE_FILES = ("compare.png", "compare.svg", "compare.md", "compare.csv", "compare.html")
+Echo = Callable[[str], None]
+
+
+def build_report(source: Any, results_dir: "str | os.PathLike[str]" = "results",
+                 out: "str | os.PathLike[str] | None" = None, study: str | None = None,
+                 echo: Echo | None = None) -> Path:
+    """Load a study (name, folder, storage URL or optuna.Study) and write its report; return the folder."""
+    data = load_study(source, results_dir=results_dir, study=study)
+    folder = Path(out) if out is not None else (data.folder or Path(results_dir) / data.name) / "report"
+    write_report(data, folder, echo=echo)
+    return folder
+
+
+def write_report(data: StudyData, folder: Path, echo: Echo | None = None) -> list[str]:
+    """Write every report file for already loaded study data; return the file names written."""
+    say = echo or (lambda _msg: None)
+    frame, objectives = data.frame, data.objectives
+    check_objectives(data)
+    arch = aggregate(frame, objectives)
+    counts = state_counts(frame)
+    files: dict[str, bytes] = {}
+    page = Page(title=f"Study report: {data.name}", subtitle=_subtitle(data))
+    page.cards = _cards(frame, arch, objectives, counts)
+    name = data.name
+
+    if frame.empty:
+        message = f"study {name!r} has no trials yet"
+    elif arch.empty:
+        pending = ", ".join(f"{n} {s.lower()}" for s, n in counts.items())
+        message = f"study {name!r} has no finished trial yet ({pending})"
+    else:
+        message = ""
+    if message:
+        page.alerts.append(message[0].upper() + message[1:] + ".")
+    unfinished = sum(n for s, n in counts.items() if s != "COMPLETE")
+    if unfinished and not arch.empty:
+        page.alerts.append(f"{unfinished} of {len(frame)} trials are not finished (running, waiting, failed or "
+                           "pruned): they are listed below and not plotted.")
+
+    ranked = arch[arch["rank"].notna()] if len(arch) else arch
+    title = f"{name}: {len(arch)} architecture{'s' if len(arch) != 1 else ''}"
+    if len(objectives) >= 2 and len(ranked):
+        n_front = int((arch["rank"] == 1).sum())
+        fig = plots.pareto_plot(arch, objectives, f"{title}, {n_front} on the Pareto front")
+        files["pareto.png"], files["pareto.svg"] = plots.to_png(fig), plots.to_svg(fig)
+        page.figure("Pareto front", files["pareto.png"],
+                    f"{header(objectives[0].name)} against {header(objectives[1].name)}; the vector version is pareto.svg.")
+    elif len(objectives) == 1 and len(arch):
+        fig = plots.ranking_plot(arch, objectives[0], f"{title}, ranked by {objectives[0].name}")
+        files["ranking.png"], files["ranking.svg"] = plots.to_png(fig), plots.to_svg(fig)
+        page.figure("Ranking", files["ranking.png"], "Single-objective study: architectures ranked by the objective.")
+
+    if len(arch):
+        candidates = frame[~frame["is_baseline"].astype(bool)] if (~frame["is_baseline"].astype(bool)).any() else frame
+        reference, rule = reference_point(finished_rows(candidates), objectives, data.manifest)
+        hist = history(frame, objectives, reference)
+        label = "best value so far" if len(objectives) == 1 else "hypervolume"
+        fig = plots.hypervolume_plot(hist, objectives, reference, rule, f"{name}: {label} by trial")
+        files["hypervolume.png"] = plots.to_png(fig)
+        caption = ("Best architecture mean after each finished trial." if len(objectives) == 1 else
+                   "Hypervolume of the front after each finished trial; the reference point is written on the plot.")
+        page.figure("Hypervolume" if len(objectives) > 1 else "Best value so far", files["hypervolume.png"], caption)
+
+    table = architecture_table(arch, objectives)
+    files["table.md"] = f"# {name}: architectures\n\n{table.to_markdown()}".encode()
+    files["table.csv"] = architecture_csv(arch).to_csv(index=False).encode()
+    page.table("Architectures", table, "One row per architecture (trials grouped by arch_hash), sorted by Pareto "
+               "rank, then by the first objective.")
+
+    if data.ablation is not None:
+        default = data.ablation.get("default_label")
+        default = str(default) if default else None
+        abl = ablation_frame(frame, objectives, default)
+        atable = ablation_table(abl, objectives, default)
+        files["ablation.md"] = f"# {name}: ablation\n\n{atable.to_markdown()}".encode()
+        files["ablation.csv"] = ablation_csv(abl).to_csv(index=False).encode()
+        page.table("Ablation", atable, "One row per variant (label), mean ± std over seeds.")
+
+    pending_table = unfinished_table(frame)
+    if pending_table.rows:
+        page.table("Unfinished trials", pending_table, "Running, waiting, failed and pruned trials (not plotted).")
+    page.mapping("Measurement profile", data.manifest.get("measure") or {})
+    page.mapping("Environment", data.manifest.get("env") or {})
+    page.mapping("Study", _study_info(data))
+    page.preformatted("Study file (study.yaml)", data.study_yaml, "no study.yaml next to the trials")
+    names = sorted(files) + ["report.html"]
+    page.files(names)
+    files["report.html"] = page.render(scrub=_html_scrub(data)).encode("utf-8")
+
+    write_files(folder, files, REPORT_FILES, data.scrub)
+    if message:
+        say(data.scrub(f"{message}; wrote a {'minimal' if frame.empty else 'partial'} report to {folder}"))
+    else:
+        say(f"wrote the report of study {name!r} ({counts.get('COMPLETE', 0)} finished trials, {len(arch)} "
+            f"architectures) to {folder}")
+    return names
+
+
+def check_objectives(data: StudyData) -> None:
+    """Every objective must be a column with a value in some finished trial (else the report means nothing)."""
+    done = finished_rows(data.frame)
+    if done.empty:
+        return
+    for o in data.objectives:
+        if o.name not in done.columns or pd.to_numeric(done[o.name], errors="coerce").notna().sum() == 0:
+            where = "manifest.json" if data.manifest.get("objectives") else "the default objectives"
+            raise HybridlabError(f"objective {o.name!r} (from {where}) has no value in any finished trial of "
+                                 f"study {data.name!r}")
+
+
+def write_files(folder: Path, files: dict[str, bytes], managed: Sequence[str], scrub: Callable[[str], str]) -> None:
+    """Write atomically; text files are scrubbed of secrets; managed files not written now are removed."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise HybridlabError(f"cannot create report folder {folder}: {exc.strerror or exc}") from None
+    for fname, blob in sorted(files.items()):
+        if fname.endswith((".md", ".csv")):
+            blob = scrub(blob.decode("utf-8")).encode("utf-8")
+        _atomic_bytes(folder / fname, blob)
+    for fname in managed:
+        if fname not in files and (folder / fname).exists():
+            (folder / fname).unlink()
+
+
+def _atomic_bytes(path: Path, blob: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(blob)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; report files are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _html_scrub(data: StudyData) -> Callable[[str], str]:
+    escaped = tuple(html_lib.escape(s) for s in data.secrets)
+
+    def scrub(text: str) -> str:
+        from reports.load import scrub as base
+
+        return base(text, tuple(data.secrets) + escaped)
+
+    return scrub
+
+
+def _subtitle(data: StudyData) -> str:
+    goals = ", ".join(f"{o.direction} {o.name}" for o in data.objectives)
+    return f"Source: {data.scrub(data.source)} · objectives: {goals} · hybridlab {hybridlab.__version__}"
+
+
+def _cards(frame: pd.DataFrame, arch: pd.DataFrame, objectives: Sequence[Objective],
+           counts: dict[str, int]) -> list[tuple[str, str]]:
+    cards = [("trials", str(len(frame)))] + [(state.lower(), str(n)) for state, n in counts.items()]
+    cards.append(("architectures", str(len(arch))))
+    if len(arch) and len(objectives) > 1:
+        cards.append(("on the front", str(int((arch["rank"] == 1).sum()))))
+    if len(arch):
+        o = objectives[0]
+        col = arch[f"{o.name}_mean"].astype(float).dropna()
+        if len(col):
+            best = col.max() if o.maximize else col.min()
+            cards.append((f"best {o.name}", fmt_metric(o.name, best)))
+    return cards
+
+
+def _study_info(data: StudyData) -> dict[str, Any]:
+    info: dict[str, Any] = {"study": data.name, "source": data.scrub(data.source)}
+    for key in ("storage", "hybridlab", "ablation", "reference_point"):
+        if key in data.manifest:
+            value = data.manifest[key]
+            info[key] = mask_url(value) if key == "storage" and isinstance(value, str) else value
+    info["objectives"] = ", ".join(f"{o.direction} {o.name}" for o in data.objectives)
+    return info
+
+
+# -- compare ---------------------------------------------------------------------------------------
+def compare(sources: Sequence[Any], results_dir: "str | os.PathLike[str]" = "results",
+            out: "str | os.PathLike[str] | None" = None, echo: Echo | None = None) -> Path:
+    """Fronts of several studies on one plot plus a small table; return the output folder.
+
+    The studies must share their objectives; hypervolumes use one reference point computed from all of
+    them with the rule of `reports.hypervolume.reference_point`.
+    """
+    say = echo or (lambda _msg: None)
+    if len(sources) < 2:
+        raise HybridlabError("compare needs at least two studies")
+    loaded = [load_study(s, results_dir=results_dir) for s in sources]
+    names = [d.name for d in loaded]
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise HybridlabError(f"study {dup[0]!r} is given twice")
+    objectives = loaded[0].objectives
+    for d in loaded[1:]:
+        if d.objectives != objectives:
+            raise HybridlabError(
+                f"studies {loaded[0].name!r} and {d.name!r} have different objectives "
+                f"({_goals(objectives)} vs {_goals(d.objectives)}); compare needs the same ones")
+    if len(objectives) < 2:
+        raise HybridlabError("compare plots Pareto fronts and needs at least two objectives")
+    for d in loaded:
+        check_objectives(d)
+    archs = [(d.name, aggregate(d.frame, objectives)) for d in loaded]
+    empty = [n for n, a in archs if a.empty]
+    if len(empty) == len(archs):
+        raise HybridlabError(f"no finished trial in any of the studies {', '.join(names)}")
+    folder = Path(out) if out is not None else Path(results_dir) / ("compare-" + "-vs-".join(names))
+    pooled = pd.concat([finished_rows(d.frame) for d in loaded], ignore_index=True)
+    pooled_candidates = pooled[~pooled["is_baseline"].astype(bool)] if (~pooled["is_baseline"].astype(bool)).any() else pooled
+    reference, rule = reference_point(pooled_candidates, objectives, loaded[0].manifest)
+
+    table = _compare_table(loaded, archs, objectives, reference)
+    fig = plots.compare_plot(archs, objectives, "Pareto fronts: " + ", ".join(names))
+    files = {"compare.png": plots.to_png(fig), "compare.svg": plots.to_svg(fig)}
+    ref_text = ", ".join(f"{o.name} = {v:.4g}" for o, v in zip(objectives, reference))
+    note = f"Hypervolume reference point: {ref_text} ({rule}), the same for every study."
+    table.notes.append(note)
+    files["compare.md"] = f"# Comparison: {', '.join(names)}\n\n{table.to_markdown()}".encode()
+    files["compare.csv"] = _compare_csv(table).to_csv(index=False).encode()
+    page = Page(title=f"Comparison: {', '.join(names)}", subtitle=f"objectives: {_goals(objectives)}")
+    if empty:
+        page.alerts.append(f"No finished trial yet in: {', '.join(empty)}.")
+    page.figure("Pareto fronts", files["compare.png"], "Each study's front; faint points are dominated architectures.")
+    page.table("Studies", table)
+    page.files(sorted(files) + ["compare.html"])
+    secrets = tuple(s for d in loaded for s in d.secrets)
+    scrubber = _html_scrub(StudyData(name="", frame=pd.DataFrame(), objectives=[], secrets=secrets))
+    files["compare.html"] = page.render(scrub=scrubber).encode("utf-8")
+    write_files(folder, files, COMPARE_FILES, scrubber)
+    say(f"wrote the comparison of {', '.join(repr(n) for n in names)} to {folder}")
+    return folder
+
+
+def _goals(objectives: Sequence[Objective]) -> str:
+    return ", ".join(f"{o.direction} {o.name}" for o in objectives)
+
+
+def _compare_table(loaded: Sequence[StudyData], archs: Sequence[tuple[str, pd.DataFrame]],
+                   objectives: Sequence[Objective], reference: np.ndarray) -> Table:
+    columns = ["Study", "Finished trials", "Architectures", "On front"]
+    columns += [f"Best {header(o.name)}" for o in objectives] + ["Hypervolume"]
+    rows = []
+    ref_min = to_minimization(reference, objectives)[0]
+    for d, (name, arch) in zip(loaded, archs):
+        ranked = arch[arch["rank"].notna()] if len(arch) else arch
+        front = ranked[ranked["rank"] == 1] if len(ranked) else ranked
+        row = [name, str(len(finished_rows(d.frame))), str(len(arch)), str(len(front))]
+        for o in objectives:
+            col = ranked[f"{o.name}_mean"].astype(float).dropna() if len(ranked) else pd.Series([], dtype=float)
+            row.append(fmt_metric(o.name, (col.max() if o.maximize else col.min()) if len(col) else None))
+        if len(ranked) and np.all(np.isfinite(ref_min)):
+            points = np.column_stack([ranked[f"{o.name}_mean"].astype(float) for o in objectives])
+            row.append(f"{hypervolume(to_minimization(points, objectives), ref_min):.4g}")
+        else:
+            row.append("–")
+        rows.append(row)
+    return Table(columns, rows, ["l"] + ["r"] * (len(columns) - 1))
+
+
+def _compare_csv(table: Table) -> pd.DataFrame:
+    return pd.DataFrame(table.rows, columns=table.columns)
