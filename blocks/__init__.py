@@ -18,7 +18,19 @@ from blocks.registry import (
 )
 from blocks.spec import ModelSpec
 
+# The model builder, presets (registers `hybrid` and `mambavision_*` with timm) and checkpoint loading.
+from blocks.checkpoint import LoadResult, load_official_checkpoint  # noqa: E402
+from blocks.model import HybridNet  # noqa: E402
+from blocks.presets import OFFICIAL_NAMES, PRESETS, official_pattern, preset_spec  # noqa: E402
+
 __all__ = [
+    "HybridNet",
+    "LoadResult",
+    "OFFICIAL_NAMES",
+    "PRESETS",
+    "load_official_checkpoint",
+    "official_pattern",
+    "preset_spec",
     "BlockContext",
     "BlockSpec",
     "BlockType",

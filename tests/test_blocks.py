@@ -145,6 +145,7 @@ def _official_forward(m: MambaVisionMixer, hs: torch.Tensor) -> torch.Tensor:
     return y.transpose(1, 2) @ m.out_proj.weight.T
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
 @pytest.mark.parametrize(
     "branch,conv,d_conv",
     [
