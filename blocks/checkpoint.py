@@ -131,7 +131,7 @@ def _strip(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     while changed:
         changed = False
         for prefix in STRIP_PREFIXES:
-            if all(k.startswith(prefix) for k in state):
+            if state and all(k.startswith(prefix) for k in state):
                 state = {k[len(prefix):]: v for k, v in state.items()}
                 changed = True
         for prefix in SELECT_PREFIXES:

@@ -19,6 +19,7 @@ import torch
 from timm.layers import trunc_normal_
 from timm.models._features import feature_take_indices
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from blocks.registry import BlockContext, build_block
 from blocks.spec import ModelSpec
@@ -78,6 +79,7 @@ class HybridLevel(nn.Module):
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
         self.downsample = downsample
+        self.grad_checkpointing = False
         self.segments: list[tuple[int | None, int, int]] = []
         for j, window in enumerate(windows):
             last = self.segments[-1] if self.segments else None
@@ -90,15 +92,20 @@ class HybridLevel(nn.Module):
         """The stage output before downsampling (the multi-scale feature)."""
         for window, start, end in self.segments:
             if window is None:
-                x = self.blocks[start](x)
+                x = self._call(self.blocks[start], x)
             else:
                 x = in_windows(x, window, lambda t, s=start, e=end: self._run(t, s, e))
         return x
 
     def _run(self, tokens: torch.Tensor, start: int, end: int) -> torch.Tensor:
         for blk in self.blocks[start:end]:
-            tokens = blk(tokens)
+            tokens = self._call(blk, tokens)
         return tokens
+
+    def _call(self, blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(blk, x, use_reentrant=False)
+        return blk(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.forward_blocks(x)
@@ -211,6 +218,26 @@ class HybridNet(nn.Module):
     def no_weight_decay_keywords(self) -> set[str]:
         """The official set, {'rpb'}: it matches nothing, and timm's optimizer factory never reads it."""
         return {"rpb"}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """Parameter groups for timm's layer-wise LR decay: stem, then blocks in order, then the norm."""
+        return dict(
+            stem=r"^patch_embed",
+            blocks=r"^levels\.(\d+)"
+            if coarse
+            else [
+                (r"^levels\.(\d+)\.blocks\.(\d+)", None),
+                (r"^levels\.(\d+)\.downsample", (99998,)),
+                (r"^norm", (99999,)),
+            ],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block in the backward pass (activation memory for compute)."""
+        for level in self.levels:
+            level.grad_checkpointing = enable
 
     def get_classifier(self) -> nn.Module:
         return self.head

@@ -160,7 +160,7 @@ def test_timm_hybrid_model_from_kwargs():
     model = timm.create_model("hybrid", pattern=TINY_PATTERN, **TINY).eval()
     assert isinstance(model, HybridNet) and model.pattern == blocks.canonical(TINY_PATTERN)
     assert model.pretrained_cfg["architecture"] == "hybrid"
-    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 5)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 5)
     feats = timm.create_model("hybrid", pattern=TINY_PATTERN, features_only=True, out_indices=(1, 3), **TINY).eval()
     assert [f.shape[1] for f in feats(torch.randn(1, 3, 64, 64))] == [16, 64]
 
@@ -316,3 +316,31 @@ def test_hand_written_official_state_dict_round_trip(tmp_path):
     load_official_checkpoint(again, path)
     x = torch.randn(1, 3, 40, 40)
     torch.testing.assert_close(again(x), model(x))
+
+
+def test_grad_checkpointing_gives_the_same_gradients():
+    model = tiny(drop_path_rate=0.0).eval()
+    x = torch.randn(1, 3, 32, 32)
+    model(x).sum().backward()
+    plain = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model.set_grad_checkpointing(True)
+    model(x).sum().backward()
+    for a, p in zip(plain, model.parameters()):
+        torch.testing.assert_close(p.grad, a)
+
+
+def test_layer_decay_groups_with_timm_optimizer():
+    from timm.optim import create_optimizer_v2
+
+    model = tiny()
+    opt = create_optimizer_v2(model, opt="adamw", lr=1e-3, weight_decay=0.05, layer_decay=0.8)
+    scales = sorted({g["lr_scale"] for g in opt.param_groups})
+    assert len(scales) > 4 and scales[-1] == 1.0  # stem lowest ... head/norm highest
+
+
+def test_mlp_ratio_zero_gives_mixer_only_blocks():
+    model = tiny("C | M | A | M", mlp_ratio=0)
+    token_keys = [k for k in model.state_dict() if k.startswith(("levels.1.", "levels.2.", "levels.3."))]
+    assert token_keys and not any(".mlp." in k or ".norm2." in k for k in token_keys)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 5)
