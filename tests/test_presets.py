@@ -131,6 +131,12 @@ def test_timm_presets_accept_same_depth_patterns_only():
         with pytest.raises(ConfigError, match="has depths"):
             timm.create_model("mambavision_t", pattern="C | C | M | A")
         l3 = timm.create_model("mambavision_l3_512", num_classes=0)
+        generic = timm.create_model(
+            "hybrid", pattern="C | C*3 | M*4 A*4 | M*2 A*2", dim=80, in_dim=32, num_heads=[2, 4, 8, 16],
+            window_size=[8, 8, 14, 7], mlp_ratio=4, drop_path_rate=0.2, layer_scale=None, layer_scale_conv=None,
+            num_classes=1000, in_chans=3,
+        )  # fmt: skip
+        assert sum(p.numel() for p in generic.parameters()) == 31_794_248
     assert l3.pretrained_cfg["input_size"] == (3, 512, 512) and l3.num_features == 2048
 
 
