@@ -23,10 +23,9 @@ from reports import plots
 from reports.html import Page
 from reports.hypervolume import history, hypervolume, reference_point
 from reports.load import Objective, StudyData, load_study, mask_url
-from reports.pareto import finished_rows, to_minimization
+from reports.pareto import aggregate, finished_rows, to_minimization
 from reports.tables import (Table, ablation_csv, ablation_frame, ablation_table, architecture_csv,
                             architecture_table, fmt_metric, header, unfinished_table)
-from reports.pareto import aggregate
 from studies.table import state_counts
 
 REPORT_FILES = ("pareto.png", "pareto.svg", "ranking.png", "ranking.svg", "hypervolume.png", "table.md",
@@ -104,7 +103,7 @@ def write_report(data: StudyData, folder: Path, echo: Echo | None = None) -> lis
     if data.ablation is not None:
         default = data.ablation.get("default_label")
         default = str(default) if default else None
-        abl = ablation_frame(frame, objectives, default)
+        abl = ablation_frame(frame, objectives, default, data.ablation.get("names"))
         atable = ablation_table(abl, objectives, default)
         files["ablation.md"] = f"# {name}: ablation\n\n{atable.to_markdown()}".encode()
         files["ablation.csv"] = ablation_csv(abl).to_csv(index=False).encode()
@@ -252,14 +251,14 @@ def compare(sources: Sequence[Any], results_dir: "str | os.PathLike[str]" = "res
     pooled_candidates = pooled[~pooled["is_baseline"].astype(bool)] if (~pooled["is_baseline"].astype(bool)).any() else pooled
     reference, rule = reference_point(pooled_candidates, objectives, loaded[0].manifest)
 
-    table = _compare_table(loaded, archs, objectives, reference)
+    table, raw = _compare_table(loaded, archs, objectives, reference)
     fig = plots.compare_plot(archs, objectives, "Pareto fronts: " + ", ".join(names))
     files = {"compare.png": plots.to_png(fig), "compare.svg": plots.to_svg(fig)}
     ref_text = ", ".join(f"{o.name} = {v:.4g}" for o, v in zip(objectives, reference))
     note = f"Hypervolume reference point: {ref_text} ({rule}), the same for every study."
     table.notes.append(note)
     files["compare.md"] = f"# Comparison: {', '.join(names)}\n\n{table.to_markdown()}".encode()
-    files["compare.csv"] = _compare_csv(table).to_csv(index=False).encode()
+    files["compare.csv"] = raw.to_csv(index=False).encode()
     page = Page(title=f"Comparison: {', '.join(names)}", subtitle=f"objectives: {_goals(objectives)}")
     if empty:
         page.alerts.append(f"No finished trial yet in: {', '.join(empty)}.")
@@ -279,26 +278,27 @@ def _goals(objectives: Sequence[Objective]) -> str:
 
 
 def _compare_table(loaded: Sequence[StudyData], archs: Sequence[tuple[str, pd.DataFrame]],
-                   objectives: Sequence[Objective], reference: np.ndarray) -> Table:
-    columns = ["Study", "Finished trials", "Architectures", "On front"]
-    columns += [f"Best {header(o.name)}" for o in objectives] + ["Hypervolume"]
-    rows = []
+                   objectives: Sequence[Objective], reference: np.ndarray) -> tuple[Table, pd.DataFrame]:
+    """Per study: finished trials, architectures, front size, best value of each objective, hypervolume."""
+    records = []
     ref_min = to_minimization(reference, objectives)[0]
     for d, (name, arch) in zip(loaded, archs):
         ranked = arch[arch["rank"].notna()] if len(arch) else arch
-        front = ranked[ranked["rank"] == 1] if len(ranked) else ranked
-        row = [name, str(len(finished_rows(d.frame))), str(len(arch)), str(len(front))]
+        record: dict[str, Any] = {"study": name, "finished_trials": len(finished_rows(d.frame)),
+                                  "architectures": len(arch), "on_front": int((ranked["rank"] == 1).sum())}
         for o in objectives:
             col = ranked[f"{o.name}_mean"].astype(float).dropna() if len(ranked) else pd.Series([], dtype=float)
-            row.append(fmt_metric(o.name, (col.max() if o.maximize else col.min()) if len(col) else None))
+            record[f"best_{o.name}"] = float(col.max() if o.maximize else col.min()) if len(col) else np.nan
+        volume = np.nan
         if len(ranked) and np.all(np.isfinite(ref_min)):
             points = np.column_stack([ranked[f"{o.name}_mean"].astype(float) for o in objectives])
-            row.append(f"{hypervolume(to_minimization(points, objectives), ref_min):.4g}")
-        else:
-            row.append("–")
-        rows.append(row)
-    return Table(columns, rows, ["l"] + ["r"] * (len(columns) - 1))
-
-
-def _compare_csv(table: Table) -> pd.DataFrame:
-    return pd.DataFrame(table.rows, columns=table.columns)
+            volume = hypervolume(to_minimization(points, objectives), ref_min)
+        record["hypervolume"] = volume
+        records.append(record)
+    raw = pd.DataFrame.from_records(records)
+    columns = ["Study", "Finished trials", "Architectures", "On front"]
+    columns += [f"Best {header(o.name)}" for o in objectives] + ["Hypervolume"]
+    rows = [[r["study"], str(r["finished_trials"]), str(r["architectures"]), str(r["on_front"])]
+            + [fmt_metric(o.name, r[f"best_{o.name}"]) for o in objectives]
+            + ["–" if np.isnan(r["hypervolume"]) else f"{r['hypervolume']:.4g}"] for r in records]
+    return Table(columns, rows, ["l"] + ["r"] * (len(columns) - 1)), raw

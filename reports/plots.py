@@ -63,13 +63,15 @@ def new_figure(width: float, height: float) -> Figure:
 
 def to_png(fig: Figure, dpi: int = DPI) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", pad_inches=0.15, metadata={"Software": None})
+    with style():  # rc settings read at save time (SVG hash salt, fonts) must be the same every time
+        fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", pad_inches=0.15, metadata={"Software": None})
     return buf.getvalue()
 
 
 def to_svg(fig: Figure) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="svg", bbox_inches="tight", pad_inches=0.15, metadata={"Date": None, "Creator": None})
+    with style():
+        fig.savefig(buf, format="svg", bbox_inches="tight", pad_inches=0.15, metadata={"Date": None, "Creator": None})
     return buf.getvalue()
 
 

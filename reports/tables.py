@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from reports.load import Objective
-from reports.pareto import METRICS, aggregate
+from reports.pareto import aggregate
 
 DASH = "–"
 
@@ -155,13 +155,21 @@ def architecture_csv(arch: pd.DataFrame) -> pd.DataFrame:
 ABLATION_METRICS = ("params", "macs", "throughput_img_s", "top1")
 
 
-def ablation_frame(frame: pd.DataFrame, objectives: Sequence[Objective], default_label: str | None) -> pd.DataFrame:
-    """One row per label (default first, then in order of the first trial), with differences to the default."""
+def ablation_frame(frame: pd.DataFrame, objectives: Sequence[Objective], default_label: str | None,
+                   names: Any = None) -> pd.DataFrame:
+    """One row per label (default first, then in order of the first trial), with differences to the default.
+
+    `names` (manifest `ablation.names`) is either a mapping label -> row name, or a list giving the row order.
+    """
     by_label = aggregate(frame, objectives, by="label")
     by_label = by_label[~by_label["is_baseline"].astype(bool)] if len(by_label) else by_label
     if by_label.empty:
-        return by_label
-    by_label = by_label.sort_values(["first_trial", "key"], kind="stable")
+        return by_label.assign(name=pd.Series([], dtype=object))
+    order = {str(n): i for i, n in enumerate(names)} if isinstance(names, (list, tuple)) else {}
+    by_label = by_label.assign(_o=[order.get(lab, len(order)) for lab in by_label["label"]])
+    by_label = by_label.sort_values(["_o", "first_trial", "key"], kind="stable").drop(columns="_o")
+    rename = {str(k): str(v) for k, v in names.items()} if isinstance(names, dict) else {}
+    by_label["name"] = [rename.get(lab, lab) or "(no label)" for lab in by_label["label"]]
     is_default = by_label["label"] == (default_label or "")
     by_label = pd.concat([by_label[is_default], by_label[~is_default]]).reset_index(drop=True)
     base = by_label[by_label["label"] == default_label] if default_label else by_label.iloc[0:0]
@@ -184,13 +192,13 @@ def ablation_table(abl: pd.DataFrame, objectives: Sequence[Objective], default_l
     metrics += [o.name for o in objectives if o.name not in metrics and f"{o.name}_mean" in abl.columns]
     deltas = [(m, f"delta_{m}" if m in ACCURACY else f"delta_{m}_pct") for m in metrics
               if m in ACCURACY or m in (o.name for o in objectives)]
-    deltas = [(m, c) for m, c in deltas if c in abl.columns]
+    deltas = sorted(((m, c) for m, c in deltas if c in abl.columns), key=lambda mc: mc[0] not in ACCURACY)
     columns = ["Variant", "Pattern"] + [header(m) for m in metrics] + ["n"]
     columns += [f"Δ {header(m).split(' (')[0]} ({'pp' if m in ACCURACY else '%'})" for m, _ in deltas]
     align = ["l", "l"] + ["r"] * (len(metrics) + 1 + len(deltas))
     rows = []
     for _, r in abl.iterrows():
-        name = r["label"] or "(no label)"
+        name = r["name"]
         if default_label and r["label"] == default_label:
             name += " (default)"
         row = [name, r["pattern"] or DASH] + [fmt_metric(m, r[f"{m}_mean"], r.get(f"{m}_std")) for m in metrics]
@@ -216,7 +224,7 @@ def _fmt_delta(value: Any, unit: str, is_default: bool) -> str:
 
 
 def ablation_csv(abl: pd.DataFrame) -> pd.DataFrame:
-    first = ["label", "pattern", "n", "seeds", "trials"]
+    first = ["name", "label", "pattern", "n", "seeds", "trials"]
     stats = [c for c in abl.columns if c.endswith("_mean") or c.endswith("_std") or c.startswith("delta_")]
     return abl[[c for c in first if c in abl.columns] + stats].reset_index(drop=True)
 
@@ -236,6 +244,3 @@ def unfinished_table(frame: pd.DataFrame) -> Table:
                      (r["datetime_start"] or DASH)[:19]])
     return Table(columns, rows, ["r", "l", "l", "l", "r", "l", "l"])
 
-
-def metric_names_present(arch: pd.DataFrame) -> list[str]:
-    return [m for m in METRICS if f"{m}_mean" in arch.columns]
