@@ -1,0 +1,206 @@
+"""What a measurement is asked to do (MeasureProfile) and what it reports (MeasureRecord).
+
+Both are plain dataclasses that round-trip through JSON, so studies can store them in the
+measurement cache and in `trials.csv`, and a reviewer can read exactly how a figure was taken.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Mapping
+
+import torch
+
+from hybridlab.errors import ConfigError
+
+PRECISIONS = ("fp32", "amp-fp16", "amp-bf16")
+DEVICES = ("auto", "cpu", "cuda")
+_DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
+# compute: params, MACs, FLOPs; throughput: inference img/s + peak memory; latency: batch 1; train: fwd+bwd+AdamW
+FIGURES = ("compute", "throughput", "latency", "train")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+@dataclass(frozen=True)
+class MeasureProfile:
+    """How to measure. Every field takes part in the measurement-cache key.
+
+    Warm-up runs until BOTH `warmup_iters` iterations and `warmup_s` seconds have passed. Each of the
+    `repeats` timed windows runs `iters` iterations, or (when `iters` is None) as many as fill about
+    `window_s` seconds, at most `max_iters`. `in_chans` / `num_classes` override the model's when set.
+    `tf32` None leaves torch's TF32 flags as they are (they are recorded either way); `threads` None
+    leaves torch's intra-op thread count alone.
+    """
+
+    batch_size: int = 128
+    img_size: int = 224
+    device: str = "auto"
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: str | None = None
+    repeats: int = 5
+    warmup_iters: int = 10
+    warmup_s: float = 2.0
+    window_s: float = 1.0
+    iters: int | None = None
+    max_iters: int = 200
+    figures: tuple[str, ...] = FIGURES
+    in_chans: int | None = None
+    num_classes: int | None = None
+    tf32: bool | None = None
+    threads: int | None = None
+    cudnn_benchmark: bool = True
+    seed: int = 0
+
+    @classmethod
+    def fields_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    def replace(self, **changes: Any) -> "MeasureProfile":
+        """A validated copy with some fields changed."""
+        return replace(self, **changes).validated()
+
+    def validated(self) -> "MeasureProfile":
+        """Check every field (one ConfigError naming `measure.<field>`) and normalise types."""
+        v = {f.name: getattr(self, f.name) for f in fields(self)}
+        for key in ("batch_size", "img_size", "repeats", "max_iters"):
+            v[key] = _int(v[key], key, 1)
+        v["warmup_iters"] = _int(v["warmup_iters"], "warmup_iters", 0)
+        v["seed"] = _int(v["seed"], "seed", 0)
+        for key in ("iters", "in_chans", "threads"):
+            if v[key] is not None:
+                v[key] = _int(v[key], key, 1)
+        if v["num_classes"] is not None:
+            v["num_classes"] = _int(v["num_classes"], "num_classes", 0)
+        for key in ("warmup_s", "window_s"):
+            if isinstance(v[key], bool) or not isinstance(v[key], (int, float)) or v[key] < 0:
+                raise ConfigError(f"expected a number >= 0, got {v[key]!r}", f"measure.{key}")
+            v[key] = float(v[key])
+        if not isinstance(v["device"], str) or not _DEVICE_RE.fullmatch(v["device"]):
+            raise ConfigError(f"must be one of {', '.join(DEVICES)} (or cuda:N), got {v['device']!r}", "measure.device")
+        if v["precision"] not in PRECISIONS:
+            raise ConfigError(f"must be one of {', '.join(PRECISIONS)}, got {v['precision']!r}", "measure.precision")
+        v["compile"] = _compile_mode(v["compile"])
+        figs = v["figures"]
+        if isinstance(figs, str):
+            figs = [f.strip() for f in figs.split(",") if f.strip()]
+        figs = tuple(figs)
+        bad = [f for f in figs if f not in FIGURES]
+        if bad:
+            raise ConfigError(f"unknown figure {bad[0]!r} (known: {', '.join(FIGURES)})", "measure.figures")
+        if not figs:
+            raise ConfigError("no figures asked for", "measure.figures")
+        v["figures"] = tuple(f for f in FIGURES if f in figs)  # canonical order, no duplicates
+        for key in ("channels_last", "cudnn_benchmark"):
+            v[key] = bool(v[key])
+        if v["tf32"] is not None:
+            v["tf32"] = bool(v["tf32"])
+        return MeasureProfile(**v)
+
+    def resolved(self) -> "MeasureProfile":
+        """Validated, with device `auto` turned into cuda/cpu; refuses cuda without a GPU."""
+        prof = self.validated()
+        device = prof.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        elif device.startswith("cuda"):
+            if not torch.cuda.is_available():
+                raise ConfigError(f"device {device!r} was asked for but no CUDA GPU is available here", "measure.device")
+            index = int(device.partition(":")[2] or 0)
+            if index >= torch.cuda.device_count():
+                raise ConfigError(f"device {device!r}: only {torch.cuda.device_count()} GPU(s) visible", "measure.device")
+        return replace(prof, device=device)
+
+    @property
+    def amp_dtype(self) -> torch.dtype | None:
+        return {"amp-fp16": torch.float16, "amp-bf16": torch.bfloat16}.get(self.precision)
+
+    def wants(self, figure: str) -> bool:
+        return figure in self.figures
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["figures"] = list(self.figures)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "MeasureProfile":
+        known = set(cls.fields_names())
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown measurement setting {unknown[0]!r} (known: {', '.join(sorted(known))})", "measure")
+        return cls(**dict(data)).validated()
+
+
+@dataclass
+class MeasureRecord:
+    """The figures of one model under one profile, with the environment they were taken in.
+
+    Sizes are per image at `img_size`: `macs` counts multiply-accumulates of nn.Conv2d and nn.Linear
+    modules only (the MambaVision paper's "FLOPs"); `flops` is everything torch's FlopCounterMode
+    counts (2 x matmul/conv MACs, F.conv1d included) plus attention matmuls and the analytic
+    selective-scan term. Throughputs are medians over `repeats` timed windows; latency is the median
+    over single synchronised batch-1 calls. `peak_mem_mb` is the inference run's; see `peak_mem_method`.
+    """
+
+    model: str
+    arch_id: str = ""
+    batch_size: int = 0
+    img_size: int = 0
+    in_chans: int = 0
+    params: int | None = None
+    macs: int | None = None
+    flops: int | None = None
+    flops_breakdown: dict[str, int] = field(default_factory=dict)
+    compute_counted_on: str | None = None
+    throughput_img_s: float | None = None
+    throughput_iqr_img_s: float | None = None
+    throughput_runs: list[float] = field(default_factory=list)
+    inference_batch_size: int | None = None
+    latency_ms: float | None = None
+    latency_iqr_ms: float | None = None
+    latency_samples: int = 0
+    train_throughput_img_s: float | None = None
+    train_throughput_iqr_img_s: float | None = None
+    train_throughput_runs: list[float] = field(default_factory=list)
+    train_batch_size: int | None = None
+    peak_mem_mb: float | None = None
+    train_peak_mem_mb: float | None = None
+    peak_mem_method: str | None = None
+    weights_mb: float | None = None
+    oom_backoff: dict[str, list[int]] = field(default_factory=dict)
+    timing: dict[str, Any] = field(default_factory=dict)
+    profile: dict[str, Any] = field(default_factory=dict)
+    env: dict[str, Any] = field(default_factory=dict)
+    wall_s: float | None = None
+    cached: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "MeasureRecord":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _int(value: Any, key: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value):
+        raise ConfigError(f"expected an integer, got {value!r}", f"measure.{key}")
+    if value < minimum:
+        raise ConfigError(f"must be at least {minimum}, got {value}", f"measure.{key}")
+    return int(value)
+
+
+def _compile_mode(value: Any) -> str | None:
+    if value in (None, False, "", "none", "off"):
+        return None
+    if value is True:
+        return "default"
+    if value not in COMPILE_MODES:
+        raise ConfigError(f"must be off or one of {', '.join(COMPILE_MODES)}, got {value!r}", "measure.compile")
+    return str(value)
+
+
+__all__ = ["COMPILE_MODES", "DEVICES", "FIGURES", "PRECISIONS", "MeasureProfile", "MeasureRecord"]
