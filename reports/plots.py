@@ -186,11 +186,13 @@ def pareto_plot(arch: pd.DataFrame, objectives: Sequence[Objective], title: str)
                 continue
             _points(ax, rows, ox, oy, log, color, marker)
             handles.append(Line2D([], [], ls="", marker=marker, color=color, markersize=7, label=fam))
+        stairs = None
         if len(front):
             fx = front[f"{ox.name}_mean"].astype(float).to_numpy()
             fy = front[f"{oy.name}_mean"].astype(float).to_numpy()
             if len(objectives) == 2:
                 sx, sy = staircase(fx, fy, ox.maximize, oy.maximize)
+                stairs = (sx, sy)
                 ax.plot(sx, sy, color="black", lw=1.3, alpha=0.8, zorder=3)
                 handles.append(Line2D([], [], color="black", lw=1.3, label="Pareto front"))
             ax.scatter(fx, fy, s=70, facecolors="none", edgecolors="black", linewidths=1.3, zorder=4)
@@ -220,11 +222,15 @@ def pareto_plot(arch: pd.DataFrame, objectives: Sequence[Objective], title: str)
             labels, note = pattern_labels([p or r for p, r in zip(front_sorted["pattern"], front_sorted["label"])])
             place_labels(fig, ax, front_sorted[f"{ox.name}_mean"].astype(float).to_numpy(),
                          front_sorted[f"{oy.name}_mean"].astype(float).to_numpy(), labels,
-                         data[f"{ox.name}_mean"].astype(float).to_numpy(), data[f"{oy.name}_mean"].astype(float).to_numpy())
+                         data[f"{ox.name}_mean"].astype(float).to_numpy(), data[f"{oy.name}_mean"].astype(float).to_numpy(),
+                         line=stairs)
         if handles:
             ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
                       title="pattern family", alignment="left")
         caption = "Each point is one architecture: mean over seeds, bars ±1 std."
+        if len(objectives) > 2:
+            caption += (f" Front over {len(objectives)} objectives (also "
+                        + ", ".join(f"{o.direction} {o.name}" for o in objectives[2:]) + "), shown in the first two.")
         if note:
             caption += " " + note
         ax.text(0.0, -0.13, caption, transform=ax.transAxes, fontsize=8.5, color="0.3", va="top", ha="left")
@@ -266,50 +272,108 @@ def _pad_limits(ax, log: bool) -> None:
 
 
 # -- label placement -------------------------------------------------------------------------------
-_OFFSETS = [(dx * k, dy * k, ha, va) for k in (1, 2, 3.2) for dx, dy, ha, va in (
-    (8, 7, "left", "bottom"), (8, -7, "left", "top"), (-8, 7, "right", "bottom"), (-8, -7, "right", "top"),
-    (0, 12, "center", "bottom"), (0, -12, "center", "top"), (12, 0, "left", "center"), (-12, 0, "right", "center"),
-)]
+def _offsets() -> list[tuple[float, float, str, str]]:
+    """Candidate label offsets (points) around a marker: 8 directions, nearest ring first."""
+    out = []
+    for ring in (9.0, 18.0, 30.0, 44.0):
+        for angle in (45, 315, 135, 225, 90, 270, 0, 180):
+            rad = math.radians(angle)
+            dx, dy = ring * math.cos(rad), ring * math.sin(rad)
+            ha = "left" if dx > 1 else "right" if dx < -1 else "center"
+            va = "bottom" if dy > 1 else "top" if dy < -1 else "center"
+            out.append((round(dx, 3), round(dy, 3), ha, va))
+    return out
+
+
+_OFFSETS = _offsets()
 
 
 def place_labels(fig: Figure, ax, xs: np.ndarray, ys: np.ndarray, labels: Sequence[str],
-                 all_x: np.ndarray, all_y: np.ndarray) -> list:
-    """Greedy, deterministic placement: for each label try offsets near its point, keep the first one that
-    overlaps no marker, no earlier label and stays inside the axes; else the least-overlapping one."""
+                 all_x: np.ndarray, all_y: np.ndarray, line: tuple[np.ndarray, np.ndarray] | None = None) -> list:
+    """Greedy, deterministic placement: for each label try offsets around its point (nearest first) and keep
+    the cheapest; cost = overlap with earlier labels, markers and the outside of the axes, plus leader length
+    and leader crossings. Labels moved away from their point get a leader line."""
     renderer = fig.canvas.get_renderer()
     axes_box = ax.get_window_extent(renderer)
     radius = 6.0 * fig.dpi / 72.0
+    px_per_pt = fig.dpi / 72.0
     markers = []
     for px, py in ax.transData.transform(np.column_stack([all_x, all_y])):
         if np.all(np.isfinite([px, py])):
             markers.append(Bbox.from_extents(px - radius, py - radius, px + radius, py + radius))
+    anchors = ax.transData.transform(np.column_stack([xs, ys]))
+    segments: list[tuple[np.ndarray, np.ndarray]] = []  # the front's staircase: labels should not hide it
+    if line is not None and len(line[0]) > 1:
+        pts = ax.transData.transform(np.column_stack(line))
+        segments = [(pts[j], pts[j + 1]) for j in range(len(pts) - 1)]
     placed: list[Bbox] = []
+    leaders: list[tuple[np.ndarray, np.ndarray]] = []
     annotations = []
-    for x, y, text in zip(xs, ys, labels):
+    for i, (x, y, text) in enumerate(zip(xs, ys, labels)):
+        anchor = anchors[i]
         best, best_cost = None, math.inf
         for k, (dx, dy, ha, va) in enumerate(_OFFSETS):
             far = k >= 8
             ann = ax.annotate(
                 text, xy=(x, y), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va, fontsize=7.5,
-                color="0.1", zorder=6, bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="0.75", lw=0.5, alpha=0.9),
-                arrowprops=dict(arrowstyle="-", color="0.45", lw=0.6, shrinkA=0, shrinkB=4) if far else None,
+                color="0.1", zorder=6, bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="0.6", lw=0.5, alpha=0.92),
+                arrowprops=dict(arrowstyle="-", color="0.25", lw=0.8, shrinkA=0, shrinkB=5) if far else None,
             )
+            ann.update_positions(renderer)  # places the text; Text's extent then excludes the leader line
             box = Text.get_window_extent(ann, renderer).padded(2.0)
-            cost = sum(_overlap(box, b) for b in placed) * 4 + sum(_overlap(box, b) for b in markers)
-            cost += box.width * box.height - _overlap(box, axes_box)  # area outside the axes
-            cost += k * 1e-3  # prefer near offsets on ties
+            end = _nearest_point(box, anchor)
+            cost = 5 * sum(_overlap(box, b) for b in placed) + 3 * sum(_overlap(box, b) for b in markers)
+            cost += 2 * (box.width * box.height - _overlap(box, axes_box))  # area outside the axes
+            cost += 8.0 * math.hypot(dx, dy) * px_per_pt  # short leaders read better
+            cost += 400.0 * sum(_segment_hits_box(a, b, box) for a, b in segments)
+            if far:
+                others = [m for j, m in enumerate(markers) if not m.contains(*anchor)]
+                crossings = sum(_segment_hits_box(anchor, end, b) for b in placed + others)
+                crossings += sum(_segments_cross(anchor, end, a, b) for a, b in leaders)
+                cost += 2000.0 * crossings
             if cost < best_cost:
                 if best is not None:
                     best[0].remove()
-                best, best_cost = (ann, box), cost
+                best, best_cost = (ann, box, far, end), cost
             else:
                 ann.remove()
-            if cost < 1.0:
-                break
         if best is not None:
-            placed.append(best[1])
-            annotations.append(best[0])
+            ann, box, far, end = best
+            placed.append(box)
+            if far:
+                leaders.append((anchor, end))
+            annotations.append(ann)
     return annotations
+
+
+def _nearest_point(box: Bbox, p: np.ndarray) -> np.ndarray:
+    return np.array([min(max(p[0], box.x0), box.x1), min(max(p[1], box.y0), box.y1)])
+
+
+def _segment_hits_box(p: np.ndarray, q: np.ndarray, box: Bbox) -> bool:
+    """Whether segment p-q passes through the inside of `box` (Liang-Barsky clipping)."""
+    t0, t1 = 0.0, 1.0
+    d = q - p
+    for pi, qi in ((-d[0], p[0] - box.x0), (d[0], box.x1 - p[0]), (-d[1], p[1] - box.y0), (d[1], box.y1 - p[1])):
+        if pi == 0:
+            if qi < 0:
+                return False
+            continue
+        t = qi / pi
+        if pi < 0:
+            t0 = max(t0, t)
+        else:
+            t1 = min(t1, t)
+        if t0 > t1:
+            return False
+    return t1 - t0 > 1e-6
+
+
+def _segments_cross(a: np.ndarray, b: np.ndarray, c: np.ndarray, d: np.ndarray) -> bool:
+    def orient(p, q, r) -> float:
+        return float((q[0] - p[0]) * (r[1] - p[1]) - (q[1] - p[1]) * (r[0] - p[0]))
+
+    return (orient(a, b, c) * orient(a, b, d) < 0) and (orient(c, d, a) * orient(c, d, b) < 0)
 
 
 def _overlap(a: Bbox, b: Bbox) -> float:
@@ -326,12 +390,18 @@ def ranking_plot(arch: pd.DataFrame, objective: Objective, title: str, limit: in
     data["_score"] = data[col].astype(float) * objective.sign if len(data) else []
     data = data.sort_values(["_score", "key"], kind="stable").head(limit)
     n = len(data)
-    labels, note = pattern_labels([p or lab or k for p, lab, k in zip(data["pattern"], data["label"], data["key"])], 40)
-    styles = family_styles([f or NO_FAMILY for f in data["family"][~data["is_baseline"].astype(bool)]] or [NO_FAMILY])
+    is_base = data["is_baseline"].astype(bool).to_numpy()
+    cand_labels, note = pattern_labels([p or lab or k for p, lab, k, b in
+                                        zip(data["pattern"], data["label"], data["key"], is_base) if not b], 40)
+    it = iter(cand_labels)
+    labels = [shorten(lab or p or "baseline", 40) if b else next(it)
+              for p, lab, b in zip(data["pattern"], data["label"], is_base)]
+    styles = family_styles([f or NO_FAMILY for f in data["family"][~is_base]] or [NO_FAMILY])
     with style():
         fig = new_figure(8.6, 1.6 + 0.3 * max(n, 3))
         ax = fig.add_subplot(1, 1, 1)
-        handles, seen = [], set()
+        family_handles: dict[str, Line2D] = {}
+        base_handles: list[Line2D] = []
         b = 0
         for i, (_, row) in enumerate(data.iterrows()):
             mean = float(row[col])
@@ -340,17 +410,17 @@ def ranking_plot(arch: pd.DataFrame, objective: Objective, title: str, limit: in
                 color, marker = BASELINE_COLOR, BASELINE_MARKERS[b % len(BASELINE_MARKERS)]
                 b += 1
                 name = f"baseline: {shorten(row['label'] or row['pattern'] or 'baseline', 30)}"
+                base_handles.append(Line2D([], [], ls="", marker=marker, color=color, markersize=7, label=name))
             else:
                 fam = row["family"] or NO_FAMILY
                 color, marker = styles[fam]
-                name = fam
+                family_handles.setdefault(fam, Line2D([], [], ls="", marker=marker, color=color, markersize=7,
+                                                      label=fam))
             ax.errorbar([mean], [i], xerr=[[0 if math.isnan(std) else std]] * 2, fmt="none", ecolor=color,
                         elinewidth=1.2, alpha=0.7)
             ax.scatter([mean], [i], s=55, color=[color], marker=marker, zorder=3,
                        facecolors=None if row["feasible"] else "white")
-            if name not in seen:
-                seen.add(name)
-                handles.append(Line2D([], [], ls="", marker=marker, color=color, markersize=7, label=name))
+        handles = [family_handles[f] for f in sorted(family_handles)] + base_handles
         ax.set_yticks(range(n))
         ax.set_yticklabels(labels, fontsize=8)
         ax.set_ylim(n - 0.5 if n else 0.5, -0.5)
