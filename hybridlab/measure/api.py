@@ -136,7 +136,9 @@ def measure(
         if cache is None:
             return _measure(source, profile, key_parts["env"])
         store = cache if isinstance(cache, MeasureCache) else MeasureCache(cache)
-        return store.get_or_measure(key_parts, lambda: _measure(source, profile, key_parts["env"]))
+        record = store.get_or_measure(key_parts, lambda: _measure(source, profile, key_parts["env"]))
+        record.model = source.label  # the same architecture may have been stored under another name
+        return record
 
 
 def resolve_source(model: Any, profile: MeasureProfile, settings: Mapping[str, Any]) -> ModelSource:
@@ -228,7 +230,7 @@ def _measure(source: ModelSource, profile: MeasureProfile, fingerprint: str) -> 
     finally:
         if source.given:
             model.train(was_training)
-        free_memory(device)
+        free_memory(device, full=True)
     record.wall_s = round(time.perf_counter() - start, 3)
     return record
 
@@ -360,7 +362,7 @@ def ratios(record: MeasureRecord, baseline: MeasureRecord) -> dict[str, float | 
     out: dict[str, float | None] = {}
     for key in RATIO_KEYS:
         a, b = getattr(record, key), getattr(baseline, key)
-        out[key] = round(a / b, 4) if a is not None and b not in (None, 0) else None
+        out[key] = float(f"{a / b:.6g}") if a is not None and b not in (None, 0) else None
     return out
 
 
@@ -391,7 +393,7 @@ def compare(
     """Measure `model` and each baseline under the same profile, in this process, one after another.
 
     Model settings in `overrides` apply to pattern and preset baselines too; other timm names get only
-    the profile's in_chans / num_classes. All models are resolved (and so validated) before any is measured.
+    in_chans / num_classes (from the settings or the profile). All models are resolved (and so validated) before any is measured.
     """
     profile, settings = split_overrides(profile, overrides)
     say = progress or (lambda _msg: None)
@@ -400,8 +402,12 @@ def compare(
     target = resolve_source(model, resolved, settings)
     sources = []
     for base in baselines:
-        timm_name = isinstance(base, str) and is_model_name(base) and not _is_preset(base)
-        base_settings = {} if timm_name or isinstance(base, (nn.Module, ModelSource)) else settings
+        if isinstance(base, (nn.Module, ModelSource)):
+            base_settings: dict[str, Any] = {}
+        elif isinstance(base, str) and is_model_name(base) and not _is_preset(base):
+            base_settings = {k: settings[k] for k in ("in_chans", "num_classes") if k in settings}
+        else:
+            base_settings = dict(settings)
         sources.append(resolve_source(base, resolved, base_settings))
     say(f"measuring {target.label}")
     result = Comparison(record=measure(target, profile, cache=cache))

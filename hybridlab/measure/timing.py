@@ -43,8 +43,10 @@ def is_oom(exc: BaseException) -> bool:
     return False
 
 
-def free_memory(device: torch.device) -> None:
-    gc.collect()
+def free_memory(device: torch.device, full: bool = False) -> None:
+    """Drop unreachable tensors (young generations only unless `full`: a full pass over a process
+    with torch and timm loaded costs about 0.3 s) and return cached CUDA blocks."""
+    gc.collect() if full else gc.collect(1)
     if device.type == "cuda":
         torch.cuda.empty_cache()
 
@@ -230,7 +232,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.method = "cuda.max_memory_allocated"
             return self
-        gc.collect()
+        gc.collect(1)
         trimmed = release_freed_heap()
         base = _rss_bytes()
         self._maxrss0 = _maxrss_bytes()
