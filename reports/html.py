@@ -56,11 +56,14 @@ class Page:
     sections: list[str] = field(default_factory=list)
     images: list[str] = field(default_factory=list)  # base64 PNGs, spliced in after text is scrubbed
 
-    def figure(self, heading: str, png: bytes, caption: str = "", alt: str = "") -> None:
+    def figure(self, heading: str, png: bytes, caption: str = "", alt: str = "", dpi: int = 150) -> None:
+        """A PNG shown at a fixed scale (112 CSS px per inch), so text has the same size in every figure."""
+        width = int.from_bytes(png[16:20], "big") if png[:8] == b"\x89PNG\r\n\x1a\n" else 0
+        size = f' width="{round(width * 112 / dpi)}"' if width else ""
         self.images.append(base64.b64encode(png).decode("ascii"))
         marker = f"@@IMAGE{len(self.images) - 1}@@"
         cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
-        self.sections.append(f"<h2>{html.escape(heading)}</h2>\n<figure><img alt=\"{html.escape(alt or heading)}\" "
+        self.sections.append(f"<h2>{html.escape(heading)}</h2>\n<figure><img{size} alt=\"{html.escape(alt or heading)}\" "
                              f"src=\"data:image/png;base64,{marker}\">{cap}</figure>")
 
     def table(self, heading: str, table: Table, intro: str = "") -> None:

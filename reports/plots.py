@@ -179,6 +179,7 @@ def pareto_plot(arch: pd.DataFrame, objectives: Sequence[Objective], title: str)
         ax = fig.add_subplot(1, 1, 1)
         if log:
             ax.set_xscale("log")
+        _fix_singular_limits(ax, log, x, data[f"{oy.name}_mean"].astype(float).to_numpy())
         handles: list = []
         for fam, (color, marker) in styles.items():
             rows = cand[[(f or NO_FAMILY) == fam for f in cand["family"]]]
@@ -255,6 +256,19 @@ def _points(ax, rows: pd.DataFrame, ox: Objective, oy: Objective, log: bool, col
     if (~feasible).any():
         ax.scatter(x[~feasible], y[~feasible], s=size, facecolors="white", edgecolors=[color], marker=marker,
                    linewidths=1.0, zorder=3)
+
+
+def _fix_singular_limits(ax, log: bool, x: np.ndarray, y: np.ndarray) -> None:
+    """One distinct value on an axis gets a window around it (instead of matplotlib's singular-limit warning);
+    call before drawing."""
+    x = np.asarray(x, float)[np.isfinite(np.asarray(x, float))]
+    y = np.asarray(y, float)[np.isfinite(np.asarray(y, float))]
+    if len(x) and np.ptp(x) == 0:
+        v = float(x[0])
+        ax.set_xlim(v / 1.5, v * 1.5) if log else ax.set_xlim(v - (abs(v) * 0.1 or 1.0), v + (abs(v) * 0.1 or 1.0))
+    if len(y) and np.ptp(y) == 0:
+        v = float(y[0])
+        ax.set_ylim(v - (abs(v) * 0.02 or 1.0), v + (abs(v) * 0.02 or 1.0))
 
 
 def _pad_limits(ax, log: bool) -> None:
@@ -400,6 +414,7 @@ def ranking_plot(arch: pd.DataFrame, objective: Objective, title: str, limit: in
     with style():
         fig = new_figure(8.6, 1.6 + 0.3 * max(n, 3))
         ax = fig.add_subplot(1, 1, 1)
+        _fix_singular_limits(ax, False, data[col].astype(float).to_numpy() if n else np.array([]), np.array([]))
         family_handles: dict[str, Line2D] = {}
         base_handles: list[Line2D] = []
         b = 0
@@ -487,6 +502,8 @@ def compare_plot(studies: Sequence[tuple[str, pd.DataFrame]], objectives: Sequen
         ax = fig.add_subplot(1, 1, 1)
         if log:
             ax.set_xscale("log")
+        ys_all = np.concatenate([a[f"{oy.name}_mean"].astype(float).to_numpy() for _, a in studies] or [np.array([])])
+        _fix_singular_limits(ax, log, xs_all, ys_all)
         handles = []
         for i, (name, arch) in enumerate(studies):
             color, marker = colors[i % 10], FAMILY_MARKERS[(i // 10) % len(FAMILY_MARKERS)]

@@ -378,3 +378,23 @@ def test_compare_two_studies(tmp_path, capsys):
         compare(["a", "single"], results_dir=tmp_path)
     with pytest.raises(HybridlabError, match="given twice"):
         compare(["a", "a"], results_dir=tmp_path)
+
+
+def test_no_output_file_carries_a_storage_password(tmp_path):
+    from reports.build import write_report
+    from reports.load import StudyData
+
+    url = "postgresql://alice:Hunter2-secret@db.example:5432/studies"
+    frame = _frame([{"pattern": "C | M", "top1": 70.0, "throughput_img_s": 100.0},
+                    {"pattern": "C | A", "state": "FAIL", "fail_reason": f"could not connect to {url}"}])
+    data = StudyData(name="s", frame=frame, objectives=list(MAX2), source=mask_url(url), secrets=url_secrets(url),
+                     manifest={"storage": url, "env": {"note": "password Hunter2-secret"}},
+                     study_yaml=f"storage: {url}\n")
+    messages: list[str] = []
+    write_report(data, tmp_path / "out", echo=messages.append)
+    for path in sorted((tmp_path / "out").iterdir()):
+        text = path.read_bytes()
+        assert b"Hunter2-secret" not in text, path.name
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert page.count("alice:***@db.example") >= 3  # source, manifest storage, study file, fail reason
+    assert "Hunter2-secret" not in " ".join(messages)
