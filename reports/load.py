@@ -138,7 +138,7 @@ def load_study(source: Any, results_dir: "str | Path" = "results", study: str | 
     path = Path(text)
     if path.is_file():
         if path.name == CSV_NAME:
-            return _from_folder(path.parent)
+            return _from_folder(path.parent, study)
         if path.suffix in (".db", ".sqlite", ".sqlite3"):
             return _from_storage(f"sqlite:///{path.resolve()}", study, results_dir)
         if path.suffix in (".log", ".jsonl", ".journal"):
@@ -146,16 +146,16 @@ def load_study(source: Any, results_dir: "str | Path" = "results", study: str | 
         raise HybridlabError(f"{text}: not a study folder, trials.csv, study.db or journal file")
     by_name = results_dir / text
     if by_name.is_dir() and "/" not in text and "\\" not in text:
-        return _from_folder(by_name)
+        return _from_folder(by_name, study)
     if path.is_dir():
-        return _from_folder(path)
+        return _from_folder(path, study)
     folder = by_name
     known = sorted(p.name for p in results_dir.iterdir() if (p / CSV_NAME).exists()) if results_dir.is_dir() else []
     hint = f" (studies there: {', '.join(known)})" if known else ""
     raise HybridlabError(f"study {text!r} not found: no folder {folder}{hint}")
 
 
-def _from_folder(folder: Path) -> StudyData:
+def _from_folder(folder: Path, study: str | None = None) -> StudyData:
     manifest = read_manifest(folder)
     study_yaml = _read_text(folder / STUDY_FILE_NAME)
     name = str(manifest.get("study") or folder.name)
@@ -172,7 +172,7 @@ def _from_folder(folder: Path) -> StudyData:
         data.objectives = objectives_for(data.manifest, frame)
         return data
     if (folder / DB_NAME).exists():
-        data = _from_storage(f"sqlite:///{(folder / DB_NAME).resolve()}", manifest.get("study"), folder.parent)
+        data = _from_storage(f"sqlite:///{(folder / DB_NAME).resolve()}", study or manifest.get("study"), folder.parent)
         data.folder = folder
         return data
     raise HybridlabError(f"{folder}: no {CSV_NAME} or {DB_NAME} in this study folder (has the study run?)")
@@ -188,6 +188,9 @@ def _from_storage(url: str, study_name: str | None, results_dir: Path) -> StudyD
         names = sorted(optuna.get_all_study_names(storage))
     except Exception as exc:  # noqa: BLE001 - any storage/driver error becomes one line
         raise HybridlabError(scrub(f"cannot read storage {shown}: {_first_line(exc)}", secrets)) from None
+    if study_name is None:
+        if len(names) > 1 and local_study_name(url):
+            study_name = local_study_name(url)
     if study_name is None:
         if not names:
             raise HybridlabError(f"storage {shown} holds no study")
@@ -246,11 +249,34 @@ def open_storage(url: str) -> Any:
                 raise HybridlabError(f"{shown}: an in-memory SQLite storage holds no study to report")
             if not local.is_file():
                 raise HybridlabError(f"storage file not found: {local} (from {shown})")
-        return optuna.storages.RDBStorage(url, skip_table_creation=True)
+        return optuna.storages.RDBStorage(_with_driver(url), skip_table_creation=True)
     except HybridlabError:
         raise
     except Exception as exc:  # noqa: BLE001 - drivers raise many kinds; the user needs one line
         raise HybridlabError(scrub(f"cannot open storage {shown}: {_first_line(exc)}", secrets)) from None
+
+
+def _with_driver(url: str) -> str:
+    """`postgresql://` means psycopg 3 to SQLAlchemy 2.1; use psycopg2 when only that driver is installed."""
+    if not url.startswith("postgresql://"):
+        return url
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+        return "postgresql+psycopg2://" + url[len("postgresql://"):]
+    return url
+
+
+def local_study_name(url: str) -> str | None:
+    """The study named by the manifest next to a SQLite file (a study folder's study.db), if any."""
+    local = _sqlite_path(url)
+    if local is None or not (local.parent / MANIFEST_NAME).is_file():
+        return None
+    try:
+        name = read_manifest(local.parent).get("study")
+    except HybridlabError:
+        return None
+    return str(name) if name else None
 
 
 def _sqlite_path(url: str | None) -> Path | None:
@@ -339,6 +365,13 @@ def _read_text(path: Path) -> str | None:
 
 
 def _first_line(exc: BaseException) -> str:
+    """The root cause's message (Optuna and SQLAlchemy wrap the driver's error), first line only."""
+    seen = set()
+    while (exc.__cause__ or exc.__context__) is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    if isinstance(exc, ModuleNotFoundError) and exc.name:
+        return f"the Python package {exc.name!r} is not installed"
     text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
+    return text.splitlines()[0].split(" (Background on this error")[0]
 

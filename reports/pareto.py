@@ -161,7 +161,3 @@ def sort_architectures(arch: pd.DataFrame, objectives: Sequence[Objective]) -> p
     order = order.sort_values(["_b", "_r", "_s", "key"], kind="stable")
     return order.drop(columns=["_r", "_s", "_b"]).reset_index(drop=True)
 
-
-def front_order(points_xy: np.ndarray) -> np.ndarray:
-    """Indices sorting 2-D points by x then y (for drawing the staircase)."""
-    return np.lexsort((points_xy[:, 1], points_xy[:, 0]))
