@@ -204,6 +204,9 @@ def test_missing_study_folder_and_storage_file(tmp_path):
     assert not (tmp_path / "missing.db").exists()  # never created by looking
     with pytest.raises(HybridlabError, match="journal file not found"):
         load_study(f"journal:///{tmp_path}/missing.log")
+    (tmp_path / "garbage.db").write_text("not a database")
+    with pytest.raises(HybridlabError, match=r"cannot open storage sqlite:///.*garbage.db: file is not a database$"):
+        load_study(str(tmp_path / "garbage.db"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(HybridlabError, match="no trials.csv or study.db"):
         load_study(str(tmp_path / "empty"))
@@ -354,6 +357,12 @@ def test_report_from_sqlite_and_journal_storage(tmp_path):
         load_study(f"sqlite:///{tmp_path}/s.db")
     data = load_study(f"sqlite:///{tmp_path}/s.db", study="beta")
     assert data.name == "beta" and [o.name for o in data.objectives] == ["top1", "throughput_img_s"]
+    folder = tmp_path / "results" / "beta"  # a study folder with only its study.db, manifest naming the study
+    folder.mkdir(parents=True)
+    (tmp_path / "s.db").rename(folder / "study.db")
+    (folder / "manifest.json").write_text(json.dumps({"study": "beta"}))
+    assert load_study("beta", results_dir=tmp_path / "results").name == "beta"
+    assert load_study(str(folder), study="alpha").name == "alpha"
     assert data.frame["state"].tolist() == ["COMPLETE"] * 3 + ["RUNNING"]
     log = tmp_path / "j.log"
     _optuna_study(JournalStorage(JournalFileBackend(str(log))), "gamma")
