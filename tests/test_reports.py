@@ -364,6 +364,8 @@ def test_report_from_sqlite_and_journal_storage(tmp_path):
     assert load_study("beta", results_dir=tmp_path / "results").name == "beta"
     assert load_study(str(folder), study="alpha").name == "alpha"
     assert data.frame["state"].tolist() == ["COMPLETE"] * 3 + ["RUNNING"]
+    in_memory = load_study(_optuna_study(None, "delta"), results_dir=tmp_path)  # an optuna.Study object
+    assert in_memory.name == "delta" and len(in_memory.frame) == 4 and in_memory.folder == tmp_path / "delta"
     log = tmp_path / "j.log"
     _optuna_study(JournalStorage(JournalFileBackend(str(log))), "gamma")
     code = cli_main(["report", f"journal:///{log}", "--results-dir", str(tmp_path / "res")])
