@@ -8,15 +8,17 @@ Passwords in storage URLs are masked everywhere they could be shown (`mask_url`,
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
-from urllib.parse import unquote
+from typing import Any
 
 import pandas as pd
 
 from hybridlab.errors import ConfigError, HybridlabError
+from hybridlab.urls import mask_password as mask_url
+from hybridlab.urls import scrub, url_secrets
+from studies.storage import open_storage as _open_storage
+from studies.storage import root_cause, sqlite_path
 from studies.table import CSV_NAME, read_trials, trials_frame
 
 MANIFEST_NAME = "manifest.json"
@@ -24,9 +26,6 @@ STUDY_FILE_NAME = "study.yaml"
 DB_NAME = "study.db"
 DIRECTIONS = ("maximize", "minimize")
 DEFAULT_OBJECTIVES: tuple[tuple[str, str], ...] = (("top1", "maximize"), ("throughput_img_s", "maximize"))
-_URL_RE = re.compile(r"\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>]*")
-_QUERY_SECRET_RE = re.compile(r"(?i)([?&;](?:password|passwd|pwd|secret|token)=)([^&;\s'\"<>]*)")
-MASK = "***"
 
 
 @dataclass(frozen=True)
@@ -67,57 +66,6 @@ class StudyData:
     def ablation(self) -> dict[str, Any] | None:
         value = self.manifest.get("ablation")
         return value if isinstance(value, dict) else None
-
-
-# -- masking ---------------------------------------------------------------------------------------
-def url_secrets(url: str) -> tuple[str, ...]:
-    """The password(s) a URL carries, raw and percent-decoded."""
-    found: list[str] = []
-    userinfo = _userinfo(url)
-    if userinfo and ":" in userinfo:
-        found.append(userinfo.split(":", 1)[1])
-    found += [m.group(2) for m in _QUERY_SECRET_RE.finditer(url)]
-    out: list[str] = []
-    for secret in found:
-        for variant in (secret, unquote(secret)):
-            if variant and variant not in out:
-                out.append(variant)
-    return tuple(out)
-
-
-def mask_url(url: str) -> str:
-    """`postgresql://user:pw@host/db` -> `postgresql://user:***@host/db` (also `?password=`)."""
-    url = str(url)
-    userinfo = _userinfo(url)
-    if userinfo and ":" in userinfo:
-        start = url.index("://") + 3
-        user = userinfo.split(":", 1)[0]
-        url = f"{url[:start]}{user}:{MASK}@{url[start + len(userinfo) + 1:]}"
-    return _QUERY_SECRET_RE.sub(lambda m: m.group(1) + MASK, url)
-
-
-def scrub(text: str, secrets: Sequence[str] = ()) -> str:
-    """Mask every URL in free text, then every known secret long enough to be unambiguous."""
-    text = _URL_RE.sub(lambda m: mask_url(m.group(0)), str(text))
-    for secret in sorted(set(secrets), key=len, reverse=True):
-        if len(secret) >= 4:
-            text = text.replace(secret, MASK)
-    return text
-
-
-def _userinfo(url: str) -> str | None:
-    """The `user:password` part of a URL, if any (the part before the last '@' of the authority)."""
-    if "://" not in url:
-        return None
-    rest = url.split("://", 1)[1]
-    if rest.startswith("/"):
-        return None  # sqlite:///path, journal:///path: no authority
-    end = len(rest)
-    for stop in "?#":
-        if stop in rest:
-            end = min(end, rest.index(stop))
-    at = rest.rfind("@", 0, end)
-    return rest[:at] if at >= 0 else None
 
 
 # -- loading ---------------------------------------------------------------------------------------
@@ -214,7 +162,7 @@ def _from_optuna(study: Any, source: str, results_dir: Path, secrets: tuple[str,
     """Frame from the storage; manifest and study file from the study folder when one is next to it."""
     frame = trials_frame(study)
     folder = results_dir / study.study_name
-    local = _sqlite_path(url) if url else None
+    local = sqlite_path(url) if url else None
     if local is not None and (local.parent / MANIFEST_NAME).exists():
         folder = local.parent
     manifest = read_manifest(folder) if folder.is_dir() else {}
@@ -230,46 +178,9 @@ def _from_optuna(study: Any, source: str, results_dir: Path, secrets: tuple[str,
     return data
 
 
-def open_storage(url: str) -> Any:
-    """An Optuna storage for a URL, without ever creating a database or journal file that is not there."""
-    import optuna
-    from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-    shown = mask_url(url)
-    secrets = url_secrets(url)
-    try:
-        if url.startswith("journal://"):
-            path = Path(url[len("journal://"):])
-            if not path.is_file():
-                raise HybridlabError(f"journal file not found: {path} (from {shown})")
-            return JournalStorage(JournalFileBackend(str(path)))
-        local = _sqlite_path(url)
-        if url.startswith("sqlite:"):
-            if local is None:
-                raise HybridlabError(f"{shown}: an in-memory SQLite storage holds no study to report")
-            if not local.is_file():
-                raise HybridlabError(f"storage file not found: {local} (from {shown})")
-        return optuna.storages.RDBStorage(_with_driver(url), skip_table_creation=True)
-    except HybridlabError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - drivers raise many kinds; the user needs one line
-        raise HybridlabError(scrub(f"cannot open storage {shown}: {_first_line(exc)}", secrets)) from None
-
-
-def _with_driver(url: str) -> str:
-    """`postgresql://` means psycopg 3 to SQLAlchemy 2.1; use psycopg2 when only that driver is installed."""
-    if not url.startswith("postgresql://"):
-        return url
-    import importlib.util
-
-    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
-        return "postgresql+psycopg2://" + url[len("postgresql://"):]
-    return url
-
-
 def local_study_name(url: str) -> str | None:
     """The study named by the manifest next to a SQLite file (a study folder's study.db), if any."""
-    local = _sqlite_path(url)
+    local = sqlite_path(url)
     if local is None or not (local.parent / MANIFEST_NAME).is_file():
         return None
     try:
@@ -277,15 +188,6 @@ def local_study_name(url: str) -> str | None:
     except HybridlabError:
         return None
     return str(name) if name else None
-
-
-def _sqlite_path(url: str | None) -> Path | None:
-    if not url or not url.startswith("sqlite:///"):
-        return None
-    rest = url[len("sqlite:///"):].split("?", 1)[0]
-    if not rest or rest == ":memory:":
-        return None
-    return Path(rest)
 
 
 # -- manifest and objectives -----------------------------------------------------------------------
@@ -364,14 +266,17 @@ def _read_text(path: Path) -> str | None:
         return None
 
 
+
+
+def open_storage(url: str) -> Any:
+    """An Optuna storage for reading: never creates a database or journal file that is not there."""
+    return _open_storage(url, create=False, heartbeat_interval=None, grace_period=None)
+
+
 def _first_line(exc: BaseException) -> str:
-    """The root cause's message (Optuna and SQLAlchemy wrap the driver's error), first line only."""
-    seen = set()
-    while (exc.__cause__ or exc.__context__) is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
+    """The root cause's message, first line only."""
+    exc = root_cause(exc)
     if isinstance(exc, ModuleNotFoundError) and exc.name:
         return f"the Python package {exc.name!r} is not installed"
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0].split(" (Background on this error")[0]
-

@@ -12,6 +12,7 @@ pointing back at it, which is how the runner finds the checkpoint to resume from
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import optuna
@@ -42,15 +43,38 @@ def journal_path(url: str) -> Path:
     return Path(url[len("journal://"):])
 
 
+def sqlite_path(url: str | None) -> Path | None:
+    """The file behind a `sqlite:///` URL (None for other URLs and in-memory SQLite)."""
+    if not url or not url.startswith("sqlite:///"):
+        return None
+    rest = url[len("sqlite:///"):].split("?", 1)[0]
+    return None if not rest or rest == ":memory:" else Path(rest)
+
+
+def with_driver(url: str) -> str:
+    """`postgresql://` means psycopg 3 to SQLAlchemy 2.1; use psycopg2 when only that driver is installed."""
+    if not url.startswith("postgresql://"):
+        return url
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+        return "postgresql+psycopg2://" + url[len("postgresql://"):]
+    return url
+
+
 def open_storage(
     url: str,
     *,
+    create: bool = True,
     heartbeat_interval: int | None = HEARTBEAT_INTERVAL_S,
     grace_period: int | None = GRACE_PERIOD_S,
     max_retry: int = MAX_RETRY,
 ) -> optuna.storages.BaseStorage:
-    """Open (and create where needed) the storage behind `url`; StorageError with one line on failure."""
+    """Open the storage behind `url`, creating it where needed unless `create=False` (readers such as
+    reports must never create an empty database); StorageError with one line on failure."""
     shown = mask_password(url)
+    if not create:
+        _require_existing(url, shown)
     if is_journal(url):
         path = journal_path(url)
         _ensure_writable_folder(path.parent, shown)
@@ -58,29 +82,57 @@ def open_storage(
             return JournalStorage(JournalFileBackend(str(path)))
         except OSError as exc:
             raise StorageError(f"cannot open journal storage {shown}: {exc.strerror or exc}") from None
-    if url.startswith("sqlite:///"):
-        db = Path(url[len("sqlite:///"):])
+    db = sqlite_path(url)
+    if db is not None and create:
         _ensure_writable_folder(db.parent, shown)
+    if db is not None:
         if db.exists() and db.stat().st_size and not _looks_like_sqlite(db):
             raise StorageError(f"storage {shown} is not a SQLite database (corrupted or another file?)")
-        if db.exists() and not os.access(db, os.W_OK):
+        if create and db.exists() and not os.access(db, os.W_OK):
             raise StorageError(f"storage {shown} is read-only; results could not be saved")
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    retry = None
+    if heartbeat_interval:
+        with warnings.catch_warnings():  # the callback is marked experimental; its behaviour is what we need
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
     try:
         return RDBStorage(
-            url,
+            with_driver(url),
             engine_kwargs=engine_kwargs,
-            heartbeat_interval=heartbeat_interval,
-            grace_period=grace_period,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
+            skip_table_creation=not create,
+            heartbeat_interval=heartbeat_interval or None,
+            grace_period=grace_period if heartbeat_interval else None,
+            heartbeat_stale_trial_callback=retry,
         )
     except Exception as exc:  # SQLAlchemy, driver and Optuna errors all become one line
         raise storage_error(exc, url) from None
 
 
+def _require_existing(url: str, shown: str) -> None:
+    if is_journal(url) and not journal_path(url).is_file():
+        raise StorageError(f"journal file not found: {journal_path(url)} (from {shown})")
+    if url.startswith("sqlite:"):
+        db = sqlite_path(url)
+        if db is None:
+            raise StorageError(f"{shown}: an in-memory SQLite storage holds no study")
+        if not db.is_file():
+            raise StorageError(f"storage file not found: {db} (from {shown})")
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """Optuna and SQLAlchemy wrap the driver's error; the innermost one says what went wrong."""
+    seen = set()
+    while (exc.__cause__ or exc.__context__) is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return exc
+
+
 def storage_error(exc: BaseException, url: str) -> StorageError:
     """Translate a storage exception into one line that names the storage, never its password."""
     shown = mask_password(url)
+    exc = root_cause(exc)
     text = mask_in_text(" ".join(str(exc).split()), url)
     low = text.lower()
     if isinstance(exc, ModuleNotFoundError) or "no module named" in low:

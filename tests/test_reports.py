@@ -205,7 +205,7 @@ def test_missing_study_folder_and_storage_file(tmp_path):
     with pytest.raises(HybridlabError, match="journal file not found"):
         load_study(f"journal:///{tmp_path}/missing.log")
     (tmp_path / "garbage.db").write_text("not a database")
-    with pytest.raises(HybridlabError, match=r"cannot open storage sqlite:///.*garbage.db: file is not a database$"):
+    with pytest.raises(HybridlabError, match=r"storage sqlite:///.*garbage.db is not a SQLite database"):
         load_study(str(tmp_path / "garbage.db"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(HybridlabError, match="no trials.csv or study.db"):
