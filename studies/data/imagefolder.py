@@ -1,0 +1,139 @@
+"""ImageNet-layout folders (`root/train/<class>/*.jpg`, `root/val/<class>/` or `root/test/<class>/`), e.g. Imagenette.
+
+Images are decoded per sample with timm's train/eval transforms (`timm.data.create_transform`) at `img_size`,
+so `num_workers` > 0 is the usual setting. Class indices follow the sorted train class folders.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import lightning as L
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+from torch.utils.data import DataLoader, Subset
+from torchvision.datasets import ImageFolder
+
+from hybridlab.errors import ConfigError, HybridlabError
+from studies.data.base import EpochShuffleSampler, check_float, check_int, check_path, seeded_subset
+
+
+def _class_dirs(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _triple(value: Any, key: str) -> tuple[float, float, float]:
+    if not isinstance(value, (list, tuple)) or len(value) != 3:
+        raise ConfigError(f"must be a list of 3 numbers, got {value!r}", f"data.{key}")
+    return tuple(check_float(v, key) for v in value)  # type: ignore[return-value]
+
+
+class ImageFolderDataModule(L.LightningDataModule):
+    """An ImageNet-style folder dataset with timm augmentation.
+
+    Options: `root` (required), `img_size` (default 224), `batch_size`, `num_workers`, `seed`, `train_subset`,
+    `val_subset`, `crop_pct` (eval resize = img_size / crop_pct, default 0.875), `auto_augment` (timm string, e.g.
+    "rand-m9-mstd0.5-inc1"), `color_jitter` (0.4), `hflip` (0.5), `re_prob` (random erasing, 0), `interpolation`
+    ("bilinear"), `mean` / `std` (ImageNet), `drop_last` (true), `val_batch_size`.
+    """
+
+    name = "imagefolder"
+
+    def __init__(self, root: str | Path | None = None, img_size: int | None = None, batch_size: int = 128,
+                 num_workers: int = 0, seed: int = 0, train_subset: int | None = None, val_subset: int | None = None,
+                 crop_pct: float = 0.875, auto_augment: str | None = None, color_jitter: float = 0.4,
+                 hflip: float = 0.5, re_prob: float = 0.0, interpolation: str = "bilinear",
+                 mean: Sequence[float] = IMAGENET_DEFAULT_MEAN, std: Sequence[float] = IMAGENET_DEFAULT_STD,
+                 drop_last: bool = True, val_batch_size: int | None = None) -> None:
+        super().__init__()
+        if root is None:
+            raise ConfigError("the imagefolder dataset needs a root folder with train/ and val/ (or test/)", "data.root")
+        self.root = check_path(root, "root")
+        self.img_size = check_int(img_size, "img_size", minimum=4, maximum=4096, optional=True) or 224
+        self.batch_size = check_int(batch_size, "batch_size", minimum=1)
+        self.val_batch_size = check_int(val_batch_size, "val_batch_size", minimum=1, optional=True)
+        self.num_workers = check_int(num_workers, "num_workers", minimum=0)
+        self.seed = check_int(seed, "seed", minimum=0)
+        self.train_subset = check_int(train_subset, "train_subset", minimum=1, optional=True)
+        self.val_subset = check_int(val_subset, "val_subset", minimum=1, optional=True)
+        self.crop_pct = check_float(crop_pct, "crop_pct", minimum=0.05, maximum=1.0)
+        if auto_augment is not None and not isinstance(auto_augment, str):
+            raise ConfigError(f"must be a timm auto-augment string or null, got {auto_augment!r}", "data.auto_augment")
+        self.auto_augment = auto_augment
+        self.color_jitter = check_float(color_jitter, "color_jitter", minimum=0.0)
+        self.hflip = check_float(hflip, "hflip", minimum=0.0, maximum=1.0)
+        self.re_prob = check_float(re_prob, "re_prob", minimum=0.0, maximum=1.0)
+        if interpolation not in ("bilinear", "bicubic", "nearest", "random"):
+            raise ConfigError(f"must be bilinear, bicubic, nearest or random, got {interpolation!r}", "data.interpolation")
+        self.interpolation = interpolation
+        self.mean, self.std = _triple(mean, "mean"), _triple(std, "std")
+        if not isinstance(drop_last, bool):
+            raise ConfigError(f"must be true or false, got {drop_last!r}", "data.drop_last")
+        self.drop_last = drop_last
+        self.in_chans = 3
+
+        self.train_dir = self.root / "train"
+        self.val_dir = next((self.root / d for d in ("val", "test") if (self.root / d).is_dir()), None)
+        if not self.train_dir.is_dir() or self.val_dir is None:
+            raise HybridlabError(f"imagefolder: {self.root.resolve()} needs train/<class>/ and val/<class>/ "
+                                 f"(or test/<class>/) folders; set data.root to such a folder")
+        self.classes = _class_dirs(self.train_dir)
+        if not self.classes:
+            raise HybridlabError(f"imagefolder: no class folders in {self.train_dir}")
+        extra = sorted(set(_class_dirs(self.val_dir)) - set(self.classes))
+        if extra:
+            raise HybridlabError(f"imagefolder: class folder {extra[0]!r} in {self.val_dir} is not in {self.train_dir}")
+        self.num_classes = len(self.classes)
+        self.train_set: Any = None
+        self.val_set: Any = None
+
+    def transforms(self, training: bool) -> Any:
+        """timm's transform pipeline (RandomResizedCrop + flip + jitter [+ auto-augment, erasing] / resize + center crop)."""
+        if training:
+            return create_transform(self.img_size, is_training=True, hflip=self.hflip, color_jitter=self.color_jitter,
+                                    auto_augment=self.auto_augment, re_prob=self.re_prob,
+                                    interpolation=self.interpolation, mean=self.mean, std=self.std)
+        return create_transform(self.img_size, is_training=False, crop_pct=self.crop_pct,
+                                interpolation="bilinear" if self.interpolation == "random" else self.interpolation,
+                                mean=self.mean, std=self.std)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        index = {c: i for i, c in enumerate(self.classes)}
+        train = ImageFolder(str(self.train_dir), transform=self.transforms(True))
+        val = ImageFolder(str(self.val_dir), transform=self.transforms(False))
+        if len(train) == 0 or len(val) == 0:
+            raise HybridlabError(f"imagefolder: no images in {self.train_dir if len(train) == 0 else self.val_dir}")
+        # val may miss some classes: map its indices onto the train classes.
+        val.samples = [(p, index[val.classes[t]]) for p, t in val.samples]
+        val.targets = [t for _, t in val.samples]
+        val.class_to_idx, val.classes = dict(index), list(self.classes)
+        keep = seeded_subset(len(train), self.train_subset, self.seed)
+        self.train_set = Subset(train, keep.tolist()) if keep is not None else train
+        keep = seeded_subset(len(val), self.val_subset, self.seed + 1)
+        self.val_set = Subset(val, keep.tolist()) if keep is not None else val
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup("fit")
+        n = len(self.train_set)
+        return DataLoader(self.train_set, batch_size=self.batch_size, sampler=EpochShuffleSampler(n, self.seed),
+                          drop_last=self.drop_last and n >= self.batch_size, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
+
+    def val_dataloader(self) -> DataLoader:
+        self.setup("validate")
+        return DataLoader(self.val_set, batch_size=self.val_batch_size or self.batch_size, shuffle=False,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "root": str(self.root), "num_classes": self.num_classes, "in_chans": self.in_chans,
+            "img_size": self.img_size, "num_train": len(self.train_set) if self.train_set is not None else None,
+            "num_val": len(self.val_set) if self.val_set is not None else None,
+            "train_subset": self.train_subset, "val_subset": self.val_subset, "seed": self.seed,
+            "batch_size": self.batch_size, "crop_pct": self.crop_pct, "auto_augment": self.auto_augment,
+            "color_jitter": self.color_jitter, "hflip": self.hflip, "re_prob": self.re_prob,
+            "interpolation": self.interpolation, "mean": list(self.mean), "std": list(self.std),
+            "val_dir": self.val_dir.name,
+        }
