@@ -186,7 +186,7 @@ class InMemoryDataModule(L.LightningDataModule):
     """Base for datasets that fit in memory: subclasses set the class attributes and implement `_load`.
 
     Options common to every data module: `batch_size`, `num_workers` (0 = load in the main process), `seed`
-    (shuffle order and subsets), `train_subset` / `val_subset` (a seeded random N images), `img_size` (resize),
+    (subsets, and the shuffle order unless the attribute `shuffle_seed` is set, as `train_and_evaluate` does), `train_subset` / `val_subset` (a seeded random N images), `img_size` (resize),
     `drop_last` (drop the last short training batch), `val_batch_size` (default `batch_size`).
     """
 
@@ -209,6 +209,7 @@ class InMemoryDataModule(L.LightningDataModule):
         self.img_size = check_int(img_size, "img_size", minimum=4, maximum=4096, optional=True) or self.native_size
         self.drop_last = check_bool(drop_last, "drop_last")
         self.augment = check_bool(augment, "augment")
+        self.shuffle_seed: int | None = None  # train_and_evaluate sets it to the trial seed; None = `seed`
         self.mean: tuple[float, ...] | None = None
         self.std: tuple[float, ...] | None = None
         self.train_set: TensorImageDataset | None = None
@@ -253,7 +254,8 @@ class InMemoryDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         self.setup("fit")
         n = len(self.train_set)
-        return self._loader(self.train_set, self.batch_size, EpochShuffleSampler(n, self.seed),
+        shuffle_seed = self.seed if self.shuffle_seed is None else self.shuffle_seed
+        return self._loader(self.train_set, self.batch_size, EpochShuffleSampler(n, shuffle_seed),
                             drop_last=self.drop_last and n >= self.batch_size)
 
     def val_dataloader(self) -> DataLoader:
@@ -272,6 +274,7 @@ class InMemoryDataModule(L.LightningDataModule):
             "train_subset": self.train_subset,
             "val_subset": self.val_subset,
             "seed": self.seed,
+            "shuffle_seed": self.shuffle_seed,
             "batch_size": self.batch_size,
             "augment": self.augment,
             "mean": list(self.mean) if self.mean is not None else None,

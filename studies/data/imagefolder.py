@@ -71,6 +71,7 @@ class ImageFolderDataModule(L.LightningDataModule):
             raise ConfigError(f"must be true or false, got {drop_last!r}", "data.drop_last")
         self.drop_last = drop_last
         self.in_chans = 3
+        self.shuffle_seed: int | None = None  # train_and_evaluate sets it to the trial seed; None = `seed`
 
         self.train_dir = self.root / "train"
         self.val_dir = next((self.root / d for d in ("val", "test") if (self.root / d).is_dir()), None)
@@ -117,7 +118,8 @@ class ImageFolderDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         self.setup("fit")
         n = len(self.train_set)
-        return DataLoader(self.train_set, batch_size=self.batch_size, sampler=EpochShuffleSampler(n, self.seed),
+        shuffle_seed = self.seed if self.shuffle_seed is None else self.shuffle_seed
+        return DataLoader(self.train_set, batch_size=self.batch_size, sampler=EpochShuffleSampler(n, shuffle_seed),
                           drop_last=self.drop_last and n >= self.batch_size, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0)
 
@@ -132,6 +134,7 @@ class ImageFolderDataModule(L.LightningDataModule):
             "img_size": self.img_size, "num_train": len(self.train_set) if self.train_set is not None else None,
             "num_val": len(self.val_set) if self.val_set is not None else None,
             "train_subset": self.train_subset, "val_subset": self.val_subset, "seed": self.seed,
+            "shuffle_seed": self.shuffle_seed,
             "batch_size": self.batch_size, "crop_pct": self.crop_pct, "auto_augment": self.auto_augment,
             "color_jitter": self.color_jitter, "hflip": self.hflip, "re_prob": self.re_prob,
             "interpolation": self.interpolation, "mean": list(self.mean), "std": list(self.std),
