@@ -110,8 +110,9 @@ def test_warmup_cosine_schedule():
 def test_training_improves_accuracy_and_writes_checkpoints(tmp_path):
     dm = tiny_data()
     model = tiny_model()
-    before = chance_accuracy(model, dm)
+    before = chance_accuracy(model, dm)  # leaves the model in eval mode, as a speed measurement would
     result = train_and_evaluate(model, dm, FAST, tmp_path / "run", seed=0)
+    assert model.norm.running_mean.abs().sum() > 0  # trained in train mode all the same (BN statistics moved)
     assert result["top1"] > before + 30, (before, result)
     assert result["top1"] >= 75.0 and result["top5"] == pytest.approx(100.0)  # 4 classes: top-5 = top-4
     assert math.isfinite(result["val_loss"]) and result["epochs"] == 2 and result["global_step"] == 12

@@ -11,16 +11,18 @@ Generative rule (one 32x32 RGB image, all draws independent per image, from `num
    pairwise Hamming distance >= 7, made from the fixed seed `ALPHABET_SEED`), each mark painted in its own
    random bright colour (each channel uniform in [0.55, 1]); colour carries no information.
 3. Two marks show the same glyph g (the *pair*) and sit in cells that are two cells apart (Chebyshev
-   distance 2 in the grid: opposite sides or corners, 14..31 pixels apart). The third mark shows a
+   distance 2 in the grid: opposite sides or corners, so their centres are 19..25 pixels apart along at
+   least one axis). The third mark shows a
    different glyph h != g, in any of the 7 remaining cells. g is uniform; h is uniform over the others.
 4. Label = h, the odd glyph out (K classes, balanced in expectation). With `label_noise` p > 0 a fraction p
    of labels is replaced by a uniformly random class (default 0: the rule is exact).
 
 Why it needs global context: one mark alone never tells whether it is the odd one; that takes comparing it with
-the two others, and the pair is always far apart. A model whose features see one mark at a time and are then
-averaged (local receptive fields + global average pooling + linear head) gives each class an additive score
-s_c(g) + s_c(g) + s_c(h), which cannot prefer h over g for every pair (g, h), so it is capped near 50 % even
-with perfect glyph recognition; attention or an SSM across the map can compare the marks directly.
+the two others, and the pair is always far apart. If features see one mark at a time and are then averaged
+(local receptive fields + global average pooling + linear head), class c gets an additive score
+2 s_c(g) + s_c(h); no score table ranks h first for every pair (g, h) (a linear-programming check finds none
+for K = 3 and K = 10), and the cross-entropy-optimal table even ranks the pair glyph g first. Attention or an SSM
+across the map compares the marks directly; a CNN has to grow receptive fields that span the pair.
 
 Train and validation images come from independent streams of `data_seed` (`[data_seed, 0]` and
 `[data_seed, 1]`), so the validation split is fixed whatever `num_train`, `train_subset` or `seed` are.
