@@ -1,7 +1,8 @@
 """The ground-truth selective scan: a plain sequential loop over L, differentiated by autograd.
 
 Written from the semantics of mamba-ssm's `selective_scan_ref` (not imported): one state update and one
-contraction with C per step. It is slow (autograd records every step) and exists to check the others.
+contraction with C per step, with the same operations in the same order. It is slow (autograd records
+every step) and exists to check the others.
 """
 
 from __future__ import annotations
@@ -49,14 +50,20 @@ def selective_scan_reference(
         dBu = torch.einsum("bdl,bdnl,bdl->bdln", delta, B, u)
     h = u.new_zeros((batch, dim, A.shape[1]))
     ys = []
-    for i in range(length):
-        h = dA[:, :, i] * h + dBu[:, :, i]
+    # unbind rather than indexing step by step: the backward of L separate index ops would build L
+    # full-size gradient tensors (O(L^2) memory traffic), unbind's backward stacks the L slices once
+    if C.dim() == 2:
+        c_steps = [C] * length
+    else:
+        c_steps = C.unbind(C.dim() - 1)
+    for dA_t, dBu_t, C_t in zip(dA.unbind(2), dBu.unbind(2), c_steps):
+        h = dA_t * h + dBu_t
         if C.dim() == 2:
-            ys.append(torch.einsum("bdn,dn->bd", h, C))
+            ys.append(torch.einsum("bdn,dn->bd", h, C_t))
         elif C.dim() == 3:
-            ys.append(torch.einsum("bdn,bn->bd", h, C[:, :, i]))
+            ys.append(torch.einsum("bdn,bn->bd", h, C_t))
         else:
-            ys.append(torch.einsum("bdn,bdn->bd", h, C[:, :, :, i]))
+            ys.append(torch.einsum("bdn,bdn->bd", h, C_t))
     out = torch.stack(ys, dim=2)
     if D is not None:
         out = out + u * D.to(ct)[:, None]
