@@ -6,18 +6,22 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
+import blocks.scan.chunked as chunked
 from blocks.scan import available_backends, resolve_backend, scan_backend, scan_flops, selective_scan
 from hybridlab.errors import ConfigError
 
+NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 
-def make_inputs(batch=2, dim=4, length=5, state=3, bc="bnl", groups=1, dtype=torch.float64, seed=0,
+
+def make_inputs(batch=2, dim=4, length=5, state=3, bc="bnl", groups=2, dtype=torch.float64, seed=0,
                 with_D=True, with_z=True, with_bias=True):
+    """Seeded inputs in mamba-ssm's layout; B/C in form "dn" (D, N), "bnl" (B, N, L) or "bgnl" (B, G, N, L)."""
     g = torch.Generator().manual_seed(seed)
 
     def r(*shape):
-        return torch.randn(*shape, generator=g, dtype=dtype)
+        return torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype)
 
     u = r(batch, dim, length)
     delta = r(batch, dim, length) * 0.5
@@ -28,6 +32,22 @@ def make_inputs(batch=2, dim=4, length=5, state=3, bc="bnl", groups=1, dtype=tor
     z = r(batch, dim, length) if with_z else None
     bias = r(dim) * 0.1 if with_bias else None
     return u, delta, A, B, C, D, z, bias
+
+
+def leaf(args):
+    return [None if t is None else t.detach().clone().requires_grad_() for t in args]
+
+
+def run(args, backend, softplus=True, last=True, weights_seed=7):
+    """Forward + a seeded random-weighted backward; returns outputs followed by the input gradients."""
+    args = leaf(args)
+    res = selective_scan(*args, delta_softplus=softplus, return_last_state=last, backend=backend)
+    outs = res if last else (res,)
+    g = torch.Generator().manual_seed(weights_seed)
+    loss = sum((o.double() * torch.randn(o.shape, generator=g, dtype=torch.float64)).sum() for o in outs)
+    present = [t for t in args if t is not None]
+    grads = torch.autograd.grad(loss, present)
+    return list(outs) + list(grads)
 
 
 def scalar_scan(u, delta, A, B, C, D, z, bias, softplus):
@@ -65,22 +85,28 @@ def scalar_scan(u, delta, A, B, C, D, z, bias, softplus):
     return out, last
 
 
-@pytest.mark.parametrize("bc,groups", [("dn", 1), ("bnl", 1), ("bgnl", 2)])
+# ---------------------------------------------------------------- reference semantics
+
+
+@pytest.mark.parametrize("bc", ["dn", "bnl", "bgnl"])
 @pytest.mark.parametrize("softplus", [False, True])
-def test_reference_matches_scalar_loop(bc, groups, softplus):
-    args = make_inputs(bc=bc, groups=groups, seed=1)
+def test_reference_matches_scalar_loop(bc, softplus):
+    args = make_inputs(bc=bc, seed=1)
     out, last = selective_scan(*args, delta_softplus=softplus, return_last_state=True, backend="reference")
     want_out, want_last = scalar_scan(*args, softplus)
     torch.testing.assert_close(out, want_out, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(last, want_last, rtol=1e-10, atol=1e-10)
 
 
-def test_reference_dtype_handling():
+@pytest.mark.parametrize("backend", ["reference", "fast"])
+def test_dtypes(backend):
     u, delta, A, B, C, D, z, bias = make_inputs(dtype=torch.float32, seed=2)
-    out, last = selective_scan(u.half(), delta, A, B, C, D, backend="reference", return_last_state=True)
+    out, last = selective_scan(u.half(), delta, A, B, C, D, backend=backend, return_last_state=True)
     assert out.dtype == torch.float16 and last.dtype == torch.float32
-    out64 = selective_scan(u.double(), delta, A, B, C, backend="reference")
-    assert out64.dtype == torch.float64
+    ref = selective_scan(u.half().float(), delta, A, B, C, D, backend="reference")
+    torch.testing.assert_close(out.float(), ref, rtol=1e-2, atol=1e-2)
+    assert selective_scan(u.bfloat16(), delta.bfloat16(), A, B, C, backend=backend).dtype == torch.bfloat16
+    assert selective_scan(u.double(), delta, A, B, C, backend=backend).dtype == torch.float64
 
 
 @pytest.mark.parametrize(
@@ -90,7 +116,7 @@ def test_reference_dtype_handling():
         dict(delta=torch.zeros(2, 4, 6)),
         dict(A=torch.zeros(5, 3)),
         dict(B=torch.zeros(2, 3, 6)),
-        dict(C=torch.zeros(2, 3, 3, 5)),  # 4 channels not divisible into 3 groups
+        dict(C=torch.zeros(2, 3, 3, 5)),  # 4 channels do not split into 3 groups
         dict(D=torch.zeros(3)),
         dict(z=torch.zeros(2, 4, 4)),
         dict(delta_bias=torch.zeros(2)),
@@ -106,25 +132,220 @@ def test_bad_shapes_raise_one_line_config_error(bad):
     assert "\n" not in str(err.value) and str(err.value).startswith("selective_scan:")
 
 
-def test_backend_selection(monkeypatch):
+# ---------------------------------------------------------------- backend selection
+
+
+def test_auto_and_env_override(monkeypatch):
     monkeypatch.delenv("HYBRIDLAB_SCAN_BACKEND", raising=False)
-    assert "reference" in available_backends()
-    assert resolve_backend("auto", "cpu") in available_backends("cpu")
+    assert {"reference", "fast"} <= set(available_backends("cpu"))
+    assert resolve_backend("auto", "cpu") == "fast"
     assert resolve_backend("reference", "cpu") == "reference"
     monkeypatch.setenv("HYBRIDLAB_SCAN_BACKEND", "reference")
     assert resolve_backend("auto", "cpu") == "reference"
-    with scan_backend("auto"):
-        assert resolve_backend("auto", "cpu") != "reference" or available_backends() == ["reference"]
+    assert resolve_backend("fast", "cpu") == "fast"  # an explicit name beats the environment
+    with scan_backend("fast"):  # the context manager beats the environment
+        assert resolve_backend("auto", "cpu") == "fast"
+        with scan_backend("auto"):
+            assert resolve_backend("auto", "cpu") == "fast"  # innermost wins; auto means the device default
+    assert resolve_backend("auto", "cpu") == "reference"
+
+
+def test_env_override_changes_the_backend_that_runs(monkeypatch):
+    calls = []
+    from blocks.scan import backends
+
+    real = backends._implemented
+
+    def spy():
+        impls = real()
+        return {name: (lambda *a, _n=name, _f=fn: calls.append(_n) or _f(*a)) for name, fn in impls.items()}
+
+    monkeypatch.setattr(backends, "_implemented", spy)
+    args = make_inputs(dtype=torch.float32)
+    monkeypatch.setenv("HYBRIDLAB_SCAN_BACKEND", "reference")
+    selective_scan(*args)
+    monkeypatch.setenv("HYBRIDLAB_SCAN_BACKEND", "fast")
+    selective_scan(*args)
+    monkeypatch.delenv("HYBRIDLAB_SCAN_BACKEND")
+    selective_scan(*args)
+    assert calls == ["reference", "fast", "fast"]
+
+
+def test_unknown_or_unavailable_backend(monkeypatch):
     monkeypatch.setenv("HYBRIDLAB_SCAN_BACKEND", "nope")
-    with pytest.raises(ConfigError, match="HYBRIDLAB_SCAN_BACKEND"):
+    with pytest.raises(ConfigError, match=r"unknown scan backend 'nope' \(from \$HYBRIDLAB_SCAN_BACKEND\)"):
         selective_scan(*make_inputs(dtype=torch.float32))
+    monkeypatch.delenv("HYBRIDLAB_SCAN_BACKEND")
     with pytest.raises(ConfigError, match="unknown scan backend 'bogus'"):
         resolve_backend("bogus")
-    if "mamba_ssm" not in available_backends():
-        with pytest.raises(ConfigError, match="mamba_ssm"):
-            selective_scan(*make_inputs(dtype=torch.float32), backend="mamba_ssm")
+    with pytest.raises(ConfigError, match="unknown scan backend"):
+        with scan_backend("bogus"):
+            pass
+    # CPU tensors can never use the CUDA kernel, whether or not mamba-ssm is installed
+    with pytest.raises(ConfigError, match="mamba_ssm") as err:
+        selective_scan(*make_inputs(dtype=torch.float32), backend="mamba_ssm")
+    assert "\n" not in str(err.value)
+
+
+# ---------------------------------------------------------------- parity of every backend with the reference
+
+PARITY = [
+    # (batch, dim, length, state, B/C form, D, z, bias, softplus, last)
+    (2, 4, 1, 1, "bnl", True, True, True, True, True),
+    (2, 4, 4, 16, "dn", False, False, False, False, False),
+    (3, 6, 7, 3, "bgnl", True, False, True, True, True),
+    (2, 4, 23, 16, "bnl", True, True, False, True, True),
+    (1, 8, 33, 1, "dn", True, True, True, True, True),
+    (2, 6, 37, 5, "bgnl", False, True, True, False, True),
+    (2, 8, 50, 16, "bnl", True, False, True, True, False),
+]
+
+
+def _backends_for(device: str) -> list[str]:
+    return [name for name in available_backends(device) if name != "reference"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", PARITY, ids=lambda c: "b{}d{}l{}n{}-{}".format(*c[:5]))
+def test_backends_match_reference(case, dtype):
+    batch, dim, length, state, bc, with_D, with_z, with_bias, softplus, last = case
+    args = make_inputs(batch, dim, length, state, bc, groups=2, dtype=dtype, seed=length,
+                       with_D=with_D, with_z=with_z, with_bias=with_bias)
+    want = run(args, "reference", softplus, last)
+    tol = dict(rtol=1e-9, atol=1e-9) if dtype == torch.float64 else dict(rtol=2e-4, atol=2e-4)
+    for backend in _backends_for("cpu"):
+        got = run(args, backend, softplus, last)
+        assert len(got) == len(want)
+        for g, w in zip(got, want):
+            assert g.dtype == w.dtype and g.shape == w.shape
+            torch.testing.assert_close(g, w, **tol)
+
+
+def test_fast_sub_batches_and_chunk_layouts(monkeypatch):
+    """Force many sub-batches (a slab budget of one row) across the chunk layouts: nc=1, T=1, padded T>1."""
+    monkeypatch.setattr(chunked, "SLAB_ELEMENTS", 1)
+    for length in (3, 9, 23, 33):
+        assert chunked.plan(5, 6, length, 2)[2] == 1
+        for bc in ("dn", "bnl", "bgnl"):
+            args = make_inputs(5, 6, length, 2, bc, groups=3, seed=length)
+            for got, want in zip(run(args, "fast"), run(args, "reference")):
+                torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+
+
+def test_fast_no_grad_and_retain_graph():
+    args = leaf(make_inputs(2, 4, 23, 3, seed=3))
+    out = selective_scan(*args, delta_softplus=True, backend="fast")
+    with torch.no_grad():
+        again = selective_scan(*args, delta_softplus=True, backend="fast")
+    assert torch.equal(out.detach(), again)
+    g1 = torch.autograd.grad(out.sum(), args[0], retain_graph=True)[0]
+    g2 = torch.autograd.grad(out.sum(), args[0])[0]
+    assert torch.equal(g1, g2)
+
+
+def test_fast_sees_in_place_changes_of_inputs():
+    args = leaf(make_inputs(2, 4, 9, 3, seed=4))
+    u = args[0] * 1.0
+    out = selective_scan(u, *args[1:], backend="fast")
+    u.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
+
+
+# ---------------------------------------------------------------- gradients
+
+
+@pytest.mark.parametrize(
+    "bc,length,fast_mode",
+    [("bnl", 7, False), ("bnl", 23, True), ("dn", 9, True), ("bgnl", 17, True)],
+)
+def test_fast_gradcheck(bc, length, fast_mode):
+    args = leaf(make_inputs(2, 4, length, 3, bc, groups=2, seed=5))
+
+    def f(*xs):
+        return selective_scan(*xs, delta_softplus=True, return_last_state=True, backend="fast")
+
+    assert torch.autograd.gradcheck(f, tuple(args), fast_mode=fast_mode)
+
+
+def test_fast_gradcheck_without_softplus_and_options():
+    u, delta, A, B, C, _, _, _ = make_inputs(2, 3, 11, 2, seed=6)
+    delta = delta.abs()
+    args = leaf([u, delta, A, B, C])
+
+    def f(*xs):
+        return selective_scan(*xs, return_last_state=True, backend="fast")
+
+    assert torch.autograd.gradcheck(f, tuple(args))
+
+
+# ---------------------------------------------------------------- numerical safety
+
+EXTREMES = {
+    # delta before softplus, and A, as softplus and -exp(A_log) can produce them
+    "delta ~1e4": (1e4, -1.0),
+    "delta ~1e-30": (-70.0, -1.0),
+    "A = -exp(10)": (0.0, -math.exp(10)),
+    "A near 0": (0.0, -math.exp(-30)),
+    "delta 1e4, A -exp(10)": (1e4, -math.exp(10)),
+    "delta 1e-30, A near 0": (-70.0, -math.exp(-30)),
+}
+
+
+@pytest.mark.parametrize("name", list(EXTREMES))
+def test_extreme_values_stay_finite(name):
+    pre_delta, a_value = EXTREMES[name]
+    u, delta, A, B, C, D, z, bias = make_inputs(2, 4, 41, 3, seed=8)
+    delta = pre_delta + 0.5 * delta  # spread around the extreme value
+    A = torch.full_like(A, a_value) * (1 + 0.1 * torch.rand(A.shape, generator=torch.Generator().manual_seed(0), dtype=A.dtype))
+    args = (u, delta, A, B, C, D, z, bias)
+    want = run(args, "reference", softplus=True)
+    for dtype in (torch.float32, torch.float64):
+        cast = [t.to(dtype) for t in args]
+        got = run(cast, "fast", softplus=True)
+        for g in got:
+            assert torch.isfinite(g).all(), f"{name}: non-finite output or gradient in {dtype}"
+        if dtype == torch.float64:
+            for g, w in zip(got, want):
+                torch.testing.assert_close(g, w, rtol=1e-8, atol=1e-8)
+
+
+# ---------------------------------------------------------------- FLOP counting
 
 
 def test_scan_flops_formula():
     assert scan_flops(2, 32, 49, 16, with_D=False, with_z=False) == 9 * 2 * 49 * 32 * 16
     assert scan_flops(2, 32, 49, 16, with_D=True, with_z=True) == 9 * 2 * 49 * 32 * 16 + 2 * 2 * 32 * 49
+
+
+@pytest.mark.parametrize("backend", ["reference", "fast"])
+@pytest.mark.parametrize("with_D,with_z,bc", [(False, False, "bnl"), (True, False, "dn"), (True, True, "bgnl")])
+def test_flop_counter_counts_exactly_the_analytic_term(backend, with_D, with_z, bc):
+    batch, dim, length, state = 2, 32, 49, 16
+    args = leaf(make_inputs(batch, dim, length, state, bc, groups=4, dtype=torch.float32, seed=9,
+                            with_D=with_D, with_z=with_z))
+    with FlopCounterMode(display=False) as counter:
+        out = selective_scan(*args, delta_softplus=True, backend=backend)
+    forward = scan_flops(batch, dim, length, state, with_D, with_z)
+    assert counter.get_total_flops() == forward
+    assert [str(op) for op in counter.get_flop_counts()["Global"]] == ["hybridlab.selective_scan"]
+    # gradients through the counted call equal those of a normal call
+    present = [t for t in args if t is not None]
+    counted = torch.autograd.grad(out.sum(), present)
+    normal = torch.autograd.grad(selective_scan(*args, delta_softplus=True, backend=backend).sum(), present)
+    for c, n in zip(counted, normal):
+        torch.testing.assert_close(c, n, rtol=1e-4, atol=1e-4)
+    # a counted training step: the backward is one op at twice the forward term
+    with FlopCounterMode(display=False) as counter:
+        selective_scan(*args, delta_softplus=True, backend=backend).sum().backward()
+    assert counter.get_total_flops() == 3 * forward
+
+
+def test_flop_counter_counts_mixer_linear_layers_plus_scan():
+    """The scan term adds to what FlopCounterMode counts for the ops around it (here one Linear)."""
+    lin = torch.nn.Linear(8, 8, bias=False)
+    u, delta, A, B, C, D, _, bias = make_inputs(2, 8, 10, 4, dtype=torch.float32, seed=10)
+    with FlopCounterMode(display=False) as counter:
+        x = lin(u.transpose(1, 2)).transpose(1, 2)
+        selective_scan(x, delta, A, B, C, D, delta_bias=bias, delta_softplus=True)
+    assert counter.get_total_flops() == 2 * (2 * 10) * 8 * 8 + scan_flops(2, 8, 10, 4, True, False)

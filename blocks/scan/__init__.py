@@ -15,21 +15,9 @@ from torch import Tensor
 
 from blocks.scan._common import check_inputs
 from blocks.scan.backends import ENV_VAR, available_backends, backend_impl, resolve_backend, scan_backend
+from blocks.scan.counting import counted_selective_scan, flop_counter_active, scan_flops
 
 __all__ = ["ENV_VAR", "available_backends", "resolve_backend", "scan_backend", "scan_flops", "selective_scan"]
-
-
-def scan_flops(batch: int, dim: int, length: int, state: int, with_D: bool = True, with_z: bool = False) -> int:
-    """Analytic FLOPs of one forward scan: 9*B*L*D*N (+B*D*L for the D skip, +B*D*L for z gating).
-
-    The convention of state-spaces/mamba#110, also used by VMamba's FLOP counter.
-    """
-    flops = 9 * batch * length * dim * state
-    if with_D:
-        flops += batch * dim * length
-    if with_z:
-        flops += batch * dim * length
-    return flops
 
 
 def selective_scan(
@@ -50,8 +38,10 @@ def selective_scan(
 
     h_t = exp(delta_t * A) * h_{t-1} + delta_t * B_t * u_t;  y_t = <C_t, h_t>;  out = (y + D*u) * silu(z),
     with delta = softplus(delta + delta_bias) when asked. Computed in float32 (float64 if any input is).
+    Under `torch.utils.flop_counter.FlopCounterMode` it counts exactly `scan_flops(...)` (see `counting`).
     """
     check_inputs(u, delta, A, B, C, D, z, delta_bias)
     name = resolve_backend(backend, u.device)
-    fn = backend_impl(name)
-    return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    if flop_counter_active():
+        return counted_selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, name)
+    return backend_impl(name)(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)

@@ -1,31 +1,12 @@
-"""The CPU default backend: a chunked scan, worked slab by slab, with a hand-written backward.
+"""The `fast` backend: the chunked core of `blocks.scan.chunked` plus bias, softplus, D skip and z gating,
+with one hand-written backward for all of it.
 
-Why it is built this way (pure PyTorch on a few CPU cores is bound by passes over the (B, L, N, D) state
-tensors, by fresh multi-MB allocations, which the C allocator maps and page-faults on first touch, and by
-the number of ops, since each op that wakes the thread pool can stall on a busy machine):
-* The recurrence h_t = a_t * h_{t-1} + x_t is linear, so it splits exactly into nc chunks of T steps:
-  scan every chunk at once from a zero state keeping only each chunk's end state and decay product, pass
-  the true states along the chunks (one small step per chunk), then rescan every chunk from its true
-  incoming state. That is about 7T + nc ops instead of ~4L.
-* All work for one in-chunk position t (decays, inputs, scan step, contraction with C; in the backward the
-  state-gradient step and every input gradient) is done on that position's slab of all chunks while it
-  is in cache, so each big tensor is written once and read about once.
-* The batch is processed in sub-batches sized so that a slab fits in L2 and the whole state tensor stays
-  well under the allocator's mmap threshold (32 MiB), so buffers are reused instead of page-faulted.
-* It never divides by a decay and never exponentiates a positive number: decays a = exp(delta*A) lie in
-  [0, 1] for delta >= 0 and A <= 0, and their running products are built by multiplication, so any delta
-  from softplus (1e4 or 1e-30) and any A = -exp(A_log) (-exp(10) or -1e-30) stays finite; a product that
-  underflows becomes exactly 0, which is also the exact limit. (A log-space cumsum with exp(-S) overflows.)
-
-Layout per sub-batch: big tensors are (T, nc*b, N, D), position-in-chunk outermost (slab t is contiguous,
-so batched matmuls apply to it directly) and channels innermost (broadcasts run along a long contiguous
-axis). Small (b, D, L) tensors become (T, nc*b, D). L is padded to nc*T with delta = 0 and u = 0 (decay 1,
-input 0), which leaves the state, and so last_state, unchanged.
+The whole backward is explicit (no autograd inside), so the same code also serves the FLOP-counting custom
+op, whose implementation runs below autograd.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
@@ -33,274 +14,85 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from blocks.scan._common import compute_dtype
+from blocks.scan.chunked import scan_backward, scan_forward
 
-SLAB_ELEMENTS = 1 << 18  # ~1 MiB of fp32 per slab: fits one core's L2 with room for its operands
-
-
-def plan(batch: int, dim: int, length: int, state: int) -> tuple[int, int, int]:
-    """(T, nc, sub_batch): T ~ sqrt(0.15 L) balances ~20T in-chunk ops against ~3L/T cross-chunk ops."""
-    if length <= 4:
-        T = max(length, 1)
-    else:
-        T = max(1, round(math.sqrt(0.15 * length)))
-        if length % T:
-            divisors = [k for k in range(max(1, int(0.7 * T)), int(1.5 * T) + 1) if length % k == 0]
-            if divisors:
-                T = min(divisors, key=lambda k: abs(k - T))
-    nc = -(-length // T)
-    sub = max(1, min(batch, round(SLAB_ELEMENTS / (nc * state * dim))))
-    return T, nc, sub
+Grads = tuple[Optional[Tensor], ...]
 
 
-def _to_chunks(t: Tensor, T: int, nc: int) -> Tensor:
-    """(b, X, L) -> (T, nc*b, X), zero-padded at the end of time, contiguous."""
-    b, x, length = t.shape
-    pad = T * nc - length
-    if pad:
-        t = F.pad(t, (0, pad))
-    return t.view(b, x, nc, T).permute(3, 2, 0, 1).reshape(T, nc * b, x)
+def fast_forward(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Optional[Tensor],
+    z: Optional[Tensor],
+    delta_bias: Optional[Tensor],
+    delta_softplus: bool,
+    need_saved: bool,
+):
+    """(out in u's dtype, last state in the compute dtype, state for `fast_backward` or None)."""
+    dtype_in = u.dtype
+    ct = compute_dtype(u, delta, A, B, C, D, z, delta_bias)
+    uc, dr, Ac = u.to(ct), delta.to(ct), A.to(ct)
+    Bc = B.to(ct) if B.dim() != 3 else B.to(ct).unsqueeze(1)
+    Cc = C.to(ct) if C.dim() != 3 else C.to(ct).unsqueeze(1)
+    if delta_bias is not None:
+        dr = dr + delta_bias.to(ct)[:, None]
+    dt = F.softplus(dr) if delta_softplus else dr
+    y, last, core = scan_forward(uc, dt, Ac, Bc, Cc, need_saved)
+    o1 = y if D is None else torch.addcmul(y, uc, D.to(ct)[:, None])
+    out = o1 if z is None else o1 * F.silu(z.to(ct))
+    state = None
+    if need_saved:
+        state = (core, uc, dr if delta_softplus else None, o1 if z is not None else None, ct, (u, delta, A, B, C, D, z, delta_bias))
+    return out.to(dtype_in), last, state
 
 
-def _from_chunks(t: Tensor, b: int, length: int) -> Tensor:
-    """(T, nc*b, X) -> (b, X, L), dropping the padding."""
-    T, ncb, x = t.shape
-    nc = ncb // b
-    return t.view(T, nc, b, x).permute(2, 3, 1, 0).reshape(b, x, T * nc)[:, :, :length]
+def fast_backward(state, g_out: Optional[Tensor], g_last: Optional[Tensor]) -> Grads:
+    """Gradients for (u, delta, A, B, C, D, z, delta_bias) in the inputs' dtypes (None where an input is None)."""
+    core, uc, dr, o1, ct, inputs = state
+    u, delta, A, B, C, D, z, delta_bias = inputs
+    g = torch.zeros_like(uc) if g_out is None else g_out.to(ct)
+    g_z = None
+    if z is not None:
+        zc = z.to(ct)
+        sig = torch.sigmoid(zc)
+        g_z = g * o1 * sig * (1 + zc * (1 - sig))  # d silu(z) = sig(z) (1 + z (1 - sig(z)))
+        g = g * (zc * sig)
+    g_D = None
+    if D is not None:
+        g_D = (g * uc).sum((0, 2))
+    d_u, d_delta, d_A, d_B, d_C = scan_backward(core, g, g_last)
+    if D is not None:
+        d_u = d_u.addcmul_(g, D.to(ct)[:, None])
+    if dr is not None:
+        d_delta = d_delta.mul_(torch.sigmoid(dr))  # d softplus(x) = sigmoid(x)
+    g_bias = None if delta_bias is None else d_delta.sum((0, 2))
+    if B.dim() == 3:
+        d_B = d_B.squeeze(1)
+    if C.dim() == 3:
+        d_C = d_C.squeeze(1)
+    grads = (d_u, d_delta, d_A, d_B, d_C, g_D, g_z, g_bias)
+    return tuple(None if gr is None else gr.to(x.dtype) for gr, x in zip(grads, inputs))
 
 
-class _Operand:
-    """B or C for one sub-batch: shared (D, N), or per step (T, M, G, N) with M = nc*b.
-
-    Gives the three things the scan needs from it, for one slab t: the outer product with a (M, D) tensor,
-    the contraction of a (M, N, D) slab over N, and the gradient contribution of a slab.
-    """
-
-    def __init__(self, t: Tensor, T: int, nc: int, dim: int) -> None:
-        self.shared = t.dim() == 2
-        self.dim = dim
-        if self.shared:
-            self.n = t.shape[1]
-            self.groups = dim
-            self.nd = t.t().contiguous()  # (N, D)
-            self.acc: Optional[Tensor] = None
-        else:
-            b, g, n, length = t.shape
-            self.n, self.groups, self.b, self.length = n, g, b, length
-            self.tmgn = _to_chunks(t.reshape(b, g * n, length), T, nc).view(T, nc * b, g, n)
-            if g > 1:
-                self.tmng = self.tmgn.transpose(2, 3).contiguous()  # (T, M, N, G)
-            self.grad_chunks: Optional[Tensor] = None
-
-    def expand(self, w: Tensor, t: int, out: Tensor) -> None:
-        """out (M, N, D) = w (M, D) outer this operand at step t."""
-        if self.shared:
-            torch.mul(w.unsqueeze(1), self.nd, out=out)
-        elif self.groups == 1:
-            torch.mul(w.unsqueeze(1), self.tmgn[t].transpose(1, 2), out=out)
-        else:
-            m, g = w.shape[0], self.groups
-            torch.mul(w.view(m, 1, g, self.dim // g), self.tmng[t].unsqueeze(-1), out=out.view(m, self.n, g, -1))
-
-    def contract(self, big: Tensor, t: int, out: Tensor, tmp: Tensor) -> None:
-        """out (M, D) = sum_n big (M, N, D) * operand at step t; tmp is a scratch slab."""
-        if self.shared:
-            torch.sum(torch.mul(big, self.nd, out=tmp), 1, out=out)
-        elif self.groups == 1:
-            torch.bmm(self.tmgn[t], big, out=out.unsqueeze(1))
-        else:
-            h = self.dim // self.groups
-            for j in range(self.groups):
-                out[:, j * h : (j + 1) * h] = torch.bmm(self.tmgn[t][:, j : j + 1], big[:, :, j * h : (j + 1) * h]).squeeze(1)
-
-    def add_grad(self, big: Tensor, w: Tensor, t: int) -> None:
-        """Record the gradient of this operand at step t from d out = big (M, N, D) and the factor w (M, D)."""
-        if self.shared:
-            if self.acc is None:
-                self.acc = torch.zeros_like(big)
-            self.acc.addcmul_(big, w.unsqueeze(1))
-            return
-        if self.grad_chunks is None:
-            self.grad_chunks = big.new_empty(self.tmgn.shape)
-        # (M, 1, D) @ (M, D, N) with the slab read transposed: BLAS takes it as is, while the (M, N, D) @
-        # (M, D, 1) form falls back to a per-matrix copy loop in bmm
-        if self.groups == 1:
-            torch.bmm(w.unsqueeze(1), big.transpose(1, 2), out=self.grad_chunks[t])
-        else:
-            h = self.dim // self.groups
-            for j in range(self.groups):
-                part = torch.bmm(w[:, j * h : (j + 1) * h].unsqueeze(1), big[:, :, j * h : (j + 1) * h].transpose(1, 2))
-                self.grad_chunks[t][:, j] = part.squeeze(1)
-
-    def grad(self) -> Tensor:
-        """The accumulated gradient: (D, N) for a shared operand, else (b, G, N, L)."""
-        if self.shared:
-            assert self.acc is not None
-            return self.acc.sum(0).t()
-        assert self.grad_chunks is not None
-        b, g, n = self.b, self.groups, self.n
-        flat = _from_chunks(self.grad_chunks.view(self.grad_chunks.shape[0], -1, g * n), b, self.length)
-        return flat.reshape(b, g, n, self.length)
-
-
-def _forward_sub(u, delta, A, Bsub, Csub, T, nc, need_saved):
-    """Forward for one sub-batch; returns y (b, D, L), the last state (b, D, N) and what backward needs."""
-    b, d, length = u.shape
-    n = A.shape[1]
-    m = nc * b
-    At = A.t().contiguous()  # (N, D)
-    dl = _to_chunks(delta, T, nc)  # (T, M, D)
-    du = _to_chunks(delta * u, T, nc)
-    Bo, Co = _Operand(Bsub, T, nc, d), _Operand(Csub, T, nc, d)
-    a = u.new_empty(T, m, n, d)
-    h = u.new_empty(T, m, n, d)
-    y = u.new_empty(T, m, d)
-    tmp = u.new_empty(m, n, d) if Co.shared else None
-    # phase A: decays, inputs and (with several chunks) each chunk's end state and decay product
-    end = decay = None
-    for t in range(T):
-        torch.mul(dl[t].unsqueeze(1), At, out=a[t]).exp_()
-        Bo.expand(du[t], t, h[t])
-        if nc == 1:
-            if t:
-                h[t].addcmul_(a[t], h[t - 1])
-            Co.contract(h[t], t, y[t], tmp)
-        elif t == 0:
-            end, decay = h[0].clone(), a[0].clone()
-        else:
-            torch.addcmul(h[t], a[t], end, out=end)
-            decay.mul_(a[t])
-    if nc > 1:
-        # phase B: true state at the end of chunk k (chunks are the outer factor of M = nc*b)
-        end4, decay4 = end.view(nc, b, n, d), decay.view(nc, b, n, d)
-        for k in range(1, nc - 1):
-            end4[k].addcmul_(decay4[k], end4[k - 1])
-        # phase C: rescan every chunk from its true incoming state, contracting with C on the way
-        h[0].view(nc, b, n, d)[1:].addcmul_(a[0].view(nc, b, n, d)[1:], end4[:-1])
-        for t in range(T):
-            if t:
-                h[t].addcmul_(a[t], h[t - 1])
-            Co.contract(h[t], t, y[t], tmp)
-    last = h[T - 1].view(nc, b, n, d)[nc - 1].transpose(1, 2).contiguous()
-    saved = (At, dl, du, Bo, Co, a, h) if need_saved else None
-    return _from_chunks(y, b, length), last, saved
-
-
-def _backward_sub(u, saved, dy, dlast, T, nc):
-    """Backward for one sub-batch: (d_u, d_delta, dA (N, D) partial, dB, dC)."""
-    At, dl, du, Bo, Co, a, h = saved
-    b, d, length = u.shape
-    n = At.shape[0]
-    m = nc * b
-    dyl = _to_chunks(dy, T, nc)
-    g = torch.empty_like(h)
-    tmp = h.new_empty(m, n, d) if Bo.shared else None
-    # phase A (reverse): state-gradient seeds dy_t C_t, each chunk's start value and decay product
-    start = decay = None
-    for t in range(T - 1, -1, -1):
-        Co.expand(dyl[t], t, g[t])
-        Co.add_grad(h[t], dyl[t], t)
-        if t == T - 1 and dlast is not None:
-            g[t].view(nc, b, n, d)[nc - 1] += dlast.transpose(1, 2)
-        if nc > 1:
-            if t == T - 1:
-                start, decay = g[t].clone(), torch.ones_like(g[t])
-            else:
-                torch.addcmul(g[t], a[t + 1], start, out=start)
-                decay.mul_(a[t + 1])
-    if nc > 1:
-        # phase B: incoming gradient a[0, k+1] * G[0, k+1], last chunk first; start becomes the true G[0, k]
-        start4, decay4 = start.view(nc, b, n, d), decay.view(nc, b, n, d)
-        incoming = torch.zeros_like(start4)
-        a0 = a[0].view(nc, b, n, d)
-        for k in range(nc - 2, -1, -1):
-            torch.mul(a0[k + 1], start4[k + 1], out=incoming[k])
-            start4[k].addcmul_(decay4[k], incoming[k])
-        g[T - 1].view(nc, b, n, d).add_(incoming)
-    # phase C (reverse): finish the state gradient at t, then spend slab t on every input gradient
-    d_du = h.new_empty(T, m, d)
-    d_delta = h.new_empty(T, m, d)
-    acc_A = torch.zeros_like(g[0])
-
-    def spend(t: int) -> None:
-        gt = g[t]
-        Bo.contract(gt, t, d_du[t], tmp)
-        Bo.add_grad(gt, du[t], t)
-        # d X_t (X = delta*A, a = exp X) = g_t * h_{t-1} * a_t, with h_{-1} = 0
-        if t:
-            gt.mul_(h[t - 1])
-        else:
-            g4 = gt.view(nc, b, n, d)
-            g4[1:].mul_(h[T - 1].view(nc, b, n, d)[:-1])
-            g4[0].zero_()
-        gt.mul_(a[t])
-        acc_A.addcmul_(gt, dl[t].unsqueeze(1))
-        torch.sum(gt.mul_(At), 1, out=d_delta[t])
-
-    for t in range(T - 2, -1, -1):
-        g[t].addcmul_(a[t + 1], g[t + 1])
-        spend(t + 1)  # g[t + 1] is final and no longer needed by the scan
-    spend(0)
-    d_delta.addcmul_(d_du, _to_chunks(u, T, nc))
-    d_u = d_du.mul_(dl)
-    return (
-        _from_chunks(d_u, b, length),
-        _from_chunks(d_delta, b, length),
-        acc_A.sum(0),
-        Bo.grad(),
-        Co.grad(),
-    )
-
-
-class _ChunkedScan(torch.autograd.Function):
-    """Core scan on prepared inputs: u, delta (B, D, L) in the compute dtype; B, C either (D, N) or (B, G, N, L).
-
-    Returns y = <C_t, h_t> (B, D, L) and the last state (B, D, N); no D skip, gating, bias or softplus here.
-    """
+class _FastScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):  # type: ignore[override]
+        need = any(ctx.needs_input_grad)
+        out, last, state = fast_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, need)
+        ctx.state = state
+        if need:
+            # keep autograd's in-place checks for the inputs the backward reads
+            ctx.save_for_backward(*[t for t in (u, delta, A, B, C, D, z, delta_bias) if t is not None])
+        return out, last
 
     @staticmethod
-    def forward(ctx, u: Tensor, delta: Tensor, A: Tensor, Bm: Tensor, Cm: Tensor):  # type: ignore[override]
-        batch, dim, length = u.shape
-        T, nc, sub = plan(batch, dim, length, A.shape[1])
-        need_saved = any(ctx.needs_input_grad)
-        ys, lasts, saved = [], [], []
-        for i in range(0, batch, sub):
-            sl = slice(i, i + sub)
-            Bs = Bm if Bm.dim() == 2 else Bm[sl]
-            Cs = Cm if Cm.dim() == 2 else Cm[sl]
-            y, last, sv = _forward_sub(u[sl], delta[sl], A, Bs, Cs, T, nc, need_saved)
-            ys.append(y)
-            lasts.append(last)
-            saved.append(sv)
-        if need_saved:
-            ctx.save_for_backward(u)
-            ctx.sub_saved = saved
-            ctx.geom = (T, nc, sub, Bm.dim() == 2, Cm.dim() == 2)
-        y = torch.cat(ys, 0) if len(ys) > 1 else ys[0].contiguous()
-        return y, torch.cat(lasts, 0)
-
-    @staticmethod
-    def backward(ctx, dy: Optional[Tensor], dlast: Optional[Tensor]):  # type: ignore[override]
-        (u,) = ctx.saved_tensors
-        saved = ctx.sub_saved
-        if saved is None:
-            raise RuntimeError("selective_scan(backend='fast'): backward ran twice; pass retain_graph only with backend='reference'")
-        ctx.sub_saved = None  # the buffers below are consumed in place
-        T, nc, sub, b_shared, c_shared = ctx.geom
-        if dy is None:
-            dy = torch.zeros_like(u)
-        dy = dy.to(u.dtype)
-        parts = []
-        for j, i in enumerate(range(0, u.shape[0], sub)):
-            sl = slice(i, i + sub)
-            dl_ = None if dlast is None else dlast[sl].to(u.dtype)
-            parts.append(_backward_sub(u[sl], saved[j], dy[sl], dl_, T, nc))
-            saved[j] = None
-        d_u = torch.cat([p[0] for p in parts], 0)
-        d_delta = torch.cat([p[1] for p in parts], 0)
-        dA = torch.stack([p[2] for p in parts]).sum(0).t()
-        dB = torch.stack([p[3] for p in parts]).sum(0) if b_shared else torch.cat([p[3] for p in parts], 0)
-        dC = torch.stack([p[4] for p in parts]).sum(0) if c_shared else torch.cat([p[4] for p in parts], 0)
-        return d_u, d_delta, dA, dB, dC
+    def backward(ctx, g_out, g_last):  # type: ignore[override]
+        ctx.saved_tensors  # raises if an input was modified in place since the forward
+        grads = fast_backward(ctx.state, g_out, g_last)
+        return (*[gr if need else None for gr, need in zip(grads, ctx.needs_input_grad)], None)
 
 
 def selective_scan_fast(
@@ -315,22 +107,9 @@ def selective_scan_fast(
     delta_softplus: bool = False,
     return_last_state: bool = False,
 ):
-    """Same contract as the reference; bias, softplus, D skip and gating are cheap (B, D, L) ops left to autograd."""
-    dtype_in = u.dtype
-    ct = compute_dtype(u, delta, A, B, C, D, z, delta_bias)
-    u, delta, A, B, C = (t.to(ct) for t in (u, delta, A, B, C))
-    if delta_bias is not None:
-        delta = delta + delta_bias.to(ct)[:, None]
-    if delta_softplus:
-        delta = F.softplus(delta)
-    if B.dim() == 3:
-        B = B.unsqueeze(1)
-    if C.dim() == 3:
-        C = C.unsqueeze(1)
-    y, last = _ChunkedScan.apply(u, delta, A, B, C)
-    if D is not None:
-        y = y + u * D.to(ct)[:, None]
-    if z is not None:
-        y = y * F.silu(z.to(ct))
-    out = y.to(dtype_in)
+    """Same contract as the reference backend."""
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias)):
+        out, last = _FastScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    else:
+        out, last, _ = fast_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, False)
     return (out, last) if return_last_state else out
