@@ -13,11 +13,13 @@ retried from its last checkpoint, and the total number of trials is capped acros
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import socket
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -32,7 +34,7 @@ from hybridlab.urls import mask_password
 from search_space.space import Candidate
 from studies.config import StudyConfig
 from studies.devlock import DeviceLock
-from studies.storage import default_storage_url, open_storage, storage_error
+from studies.storage import default_storage_url, open_storage, retry_trial, storage_error
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -73,6 +75,11 @@ class StudyRunner:
 
     # -- set-up ---------------------------------------------------------------------------------
     def open(self) -> optuna.Study:
+        with warnings.catch_warnings():  # heartbeats and metric names are marked experimental in Optuna
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return self._open()
+
+    def _open(self) -> optuna.Study:
         _ensure_folder(self.folder)
         storage = open_storage(self.storage_url)
         try:
@@ -106,9 +113,7 @@ class StudyRunner:
         seed = cfg.get("seed", 0)
         name = cfg["name"]
         if name == "grid":
-            return optuna.samplers.GridSampler(
-                {"candidate": list(self._grid_keys), "seed": list(self.config.seeds)}, seed=seed
-            )
+            return OrderedGridSampler({"candidate": list(self._grid_keys), "seed": list(self.config.seeds)}, seed=seed)
         if name == "tpe":
             return optuna.samplers.TPESampler(seed=seed, n_startup_trials=cfg.get("n_startup_trials", 5))
         if name == "nsga2":
@@ -266,12 +271,16 @@ class StudyRunner:
         return values[0] if len(values) == 1 else tuple(values)
 
     def _measure(self, spec, arch_hash: str) -> dict[str, Any]:
-        from hybridlab.measure import MeasureCache, MeasureProfile, measure
+        """Figures from the cache, or measured while holding the device exclusively."""
+        from hybridlab.measure import MeasureCache, MeasureProfile, measure, measure_key
 
         profile = MeasureProfile.from_dict(self._profile_dict())
         cache = MeasureCache(self.folder / "measure-cache")
-        with device_lock(profile.device, exclusive=True):
-            record = cache.get_or_measure(spec, profile, lambda: measure(spec, profile))
+        key = measure_key(spec, profile)
+        record = cache.get(key)
+        if record is None:
+            with device_lock(profile.device, exclusive=True):
+                record = cache.get_or_measure(key, lambda: measure(spec, profile))
         data = record.to_dict() if hasattr(record, "to_dict") else dict(record)
         keep = (
             "params", "macs", "flops", "throughput_img_s", "latency_ms", "latency_iqr_ms",
@@ -326,10 +335,7 @@ class StudyRunner:
 
     def _resume_checkpoint(self, trial: optuna.Trial) -> Path | None:
         """The last checkpoint of the attempts this trial retries, most recent first."""
-        history = list(trial.system_attrs.get("retry_history", []))
-        if "retry_of" in trial.user_attrs:
-            history.append(int(trial.user_attrs["retry_of"]))
-        for number in reversed(history):
+        for number in reversed(trial.user_attrs.get("retry_history", [])):
             ckpt = self.folder / "trials" / str(number) / "last.ckpt"
             if ckpt.is_file():
                 return ckpt
@@ -383,6 +389,19 @@ class StudyRunner:
 
 # -- helpers shared with the worker --------------------------------------------------------------
 
+class OrderedGridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid sampler, visiting cells in the study file's order (candidate-major, then seed).
+
+    Optuna shuffles the grid; for an ablation the order of the study file reads better in logs and
+    tables. Trial k still gets cell k, so several workers never pick the same cell.
+    """
+
+    def __init__(self, search_space: dict[str, list[Any]], seed: int | None = None) -> None:
+        super().__init__(search_space, seed=seed)
+        if hasattr(self, "_all_grids") and hasattr(self, "_search_space"):
+            self._all_grids = list(itertools.product(*self._search_space.values()))
+
+
 class _FailureGuard:
     """Stops the study after `limit` failed trials in a row: a systematic error should not loop forever."""
 
@@ -422,8 +441,7 @@ def recover_dead_local_trials(study: optuna.Study, echo: Callable[[str], None] =
         except Exception:  # another worker got there first
             continue
         study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", f"worker {worker} died")
-        frozen = study._storage.get_trial(trial._trial_id)
-        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)(study, frozen)
+        retry_trial(study, study._storage.get_trial(trial._trial_id))
         recovered.append(trial.number)
         echo(f"[trial {trial.number}] its worker {worker} is gone: marked failed and queued for a retry")
     return recovered
@@ -523,15 +541,14 @@ def device_lock(device: str, exclusive: bool) -> DeviceLock:
 def run_study(config: StudyConfig, options: RunOptions | None = None) -> optuna.Study:
     """Open (or resume) the study and run it to its trial budget; optionally write its report."""
     options = options or RunOptions()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial comes from the runner
     runner = StudyRunner(config, options)
     started = time.time()
     study = runner.run()
     options.echo(f"study {config.name}: done in {time.time() - started:.0f} s; results in {runner.folder}")
     if options.report:
-        try:
-            from reports import build_report
-        except ImportError:
-            return study
+        from reports import build_report
+
         out = build_report(str(runner.folder), results_dir=options.results_dir)
         options.echo(f"report: {out}")
     return study

@@ -11,12 +11,13 @@ pointing back at it, which is how the runner finds the checkpoint to resume from
 
 from __future__ import annotations
 
+import functools
 import os
-import warnings
 from pathlib import Path
 
 import optuna
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import RDBStorage
+from optuna.trial import FrozenTrial, TrialState
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 
 from hybridlab.errors import HybridlabError
@@ -41,6 +42,30 @@ def is_journal(url: str) -> bool:
 
 def journal_path(url: str) -> Path:
     return Path(url[len("journal://"):])
+
+
+def retry_trial(study: optuna.Study, trial: FrozenTrial, max_retry: int = MAX_RETRY) -> int | None:
+    """Queue a retry of a failed trial: same params and user attrs, plus `retry_of` and `retry_history`.
+
+    Like Optuna's RetryHeartbeatStaleTrialCallback, but the links live in user attrs, which a running
+    trial can read, so the retry finds the checkpoints of the attempts before it. Returns the number of
+    attempts so far, or None when `max_retry` is reached.
+    """
+    history = [*trial.user_attrs.get("retry_history", []), trial.number]
+    if len(history) > max_retry:
+        return None
+    attrs = {k: v for k, v in trial.user_attrs.items() if k not in ("fail_reason", "worker")}
+    attrs.update(retry_of=trial.number, retry_history=history)
+    study.add_trial(
+        optuna.create_trial(
+            state=TrialState.WAITING,
+            params=trial.params,
+            distributions=trial.distributions,
+            user_attrs=attrs,
+            system_attrs=dict(trial.system_attrs),  # grid_id / fixed_params: the retry runs the same cell
+        )
+    )
+    return len(history)
 
 
 def sqlite_path(url: str | None) -> Path | None:
@@ -91,11 +116,7 @@ def open_storage(
         if create and db.exists() and not os.access(db, os.W_OK):
             raise StorageError(f"storage {shown} is read-only; results could not be saved")
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    retry = None
-    if heartbeat_interval:
-        with warnings.catch_warnings():  # the callback is marked experimental; its behaviour is what we need
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+    retry = functools.partial(retry_trial, max_retry=max_retry) if heartbeat_interval else None
     try:
         return RDBStorage(
             with_driver(url),
