@@ -25,7 +25,15 @@ from hybridlab.measure.env import collect_env, env_fingerprint
 from hybridlab.measure.flops import ComputeCounts, count_compute, count_compute_fresh
 from hybridlab.measure.record import MeasureProfile, MeasureRecord
 from hybridlab.measure.resolve import ModelSource, infer_in_chans, is_model_name, resolve_model
-from hybridlab.measure.timing import PeakMemory, WindowTiming, free_memory, median_iqr, time_windows, with_oom_backoff
+from hybridlab.measure.timing import (
+    PeakMemory,
+    WindowTiming,
+    free_memory,
+    is_oom,
+    median_iqr,
+    time_windows,
+    with_oom_backoff,
+)
 
 # figure -> True when larger is better (ratios are always candidate / baseline)
 RATIO_KEYS: dict[str, bool] = {
@@ -214,7 +222,8 @@ def _measure(source: ModelSource, profile: MeasureProfile, fingerprint: str) -> 
         if profile.channels_last:
             model = model.to(memory_format=torch.channels_last)
         model.eval()
-        record.weights_mb = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()]) / 2**20
+        weights = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+        record.weights_mb = round(weights / 2**20, 2)
         record.env = collect_env(device, profile.precision, profile.channels_last, profile.compile, model.modules())
         record.env["fingerprint"] = fingerprint
         runner = torch.compile(model, mode=profile.compile) if profile.compile else model
@@ -296,8 +305,6 @@ def _latency(record: MeasureRecord, runner: nn.Module, profile: MeasureProfile, 
         with torch.inference_mode():
             timing = time_windows(step, device, per_call=True, **_timing_kwargs(profile))
     except Exception as exc:
-        from hybridlab.measure.timing import is_oom
-
         if is_oom(exc):
             raise MeasureError(f"{record.model}: out of memory at batch size 1 on {device.type} (latency)") from None
         raise
