@@ -56,7 +56,8 @@ def _to_chunks(t: Tensor, T: int, nc: int) -> Tensor:
     pad = T * nc - length
     if pad:
         t = F.pad(t, (0, pad))
-    return t.view(b, x, nc, T).permute(3, 2, 0, 1).reshape(T, nc * b, x)
+    # contiguous() also densifies expanded gradients (e.g. of out.sum()), which would make bmm loop per matrix
+    return t.view(b, x, nc, T).permute(3, 2, 0, 1).contiguous().view(T, nc * b, x)
 
 
 def _from_chunks(t: Tensor, b: int, length: int) -> Tensor:
@@ -110,11 +111,6 @@ class _Operand:
             for j in range(self.groups):
                 out[:, j * h : (j + 1) * h] = torch.bmm(self.tmgn[t][:, j : j + 1], big[:, :, j * h : (j + 1) * h]).squeeze(1)
 
-    def reset_grad(self) -> None:
-        """Forget gradients of an earlier backward (the graph may be run twice with retain_graph)."""
-        self.acc = None
-        self.grad_chunks = None
-
     def add_grad(self, big: Tensor, w: Tensor, t: int) -> None:
         """Record the gradient of this operand at step t from d out = big (M, N, D) and the factor w (M, D)."""
         if self.shared:
@@ -146,7 +142,7 @@ class _Operand:
 
 
 def _forward_sub(u, delta, A, Bsub, Csub, T, nc, need_saved):
-    """Forward for one sub-batch; returns y (b, D, L), the last state (b, D, N) and what backward needs."""
+    """Forward for one sub-batch; returns y (b, D, L), the last state (b, D, N) and the tensors backward needs."""
     b, d, length = u.shape
     n = A.shape[1]
     m = nc * b
@@ -184,18 +180,18 @@ def _forward_sub(u, delta, A, Bsub, Csub, T, nc, need_saved):
                 h[t].addcmul_(a[t], h[t - 1])
             Co.contract(h[t], t, y[t], tmp)
     last = h[T - 1].view(nc, b, n, d)[nc - 1].transpose(1, 2).contiguous()
-    saved = (At, dl, du, Bo, Co, a, h) if need_saved else None
+    saved = (dl, du, a, h) if need_saved else ()
     return _from_chunks(y, b, length), last, saved
 
 
-def _backward_sub(u, saved, dy, dlast, T, nc):
+def _backward_sub(u, A, Bsub, Csub, saved, dy, dlast, T, nc):
     """Backward for one sub-batch: (d_u, d_delta, dA (N, D) partial, dB, dC)."""
-    At, dl, du, Bo, Co, a, h = saved
-    Bo.reset_grad()
-    Co.reset_grad()
+    dl, du, a, h = saved
     b, d, length = u.shape
-    n = At.shape[0]
+    n = A.shape[1]
     m = nc * b
+    At = A.t().contiguous()
+    Bo, Co = _Operand(Bsub, T, nc, d), _Operand(Csub, T, nc, d)
     dyl = _to_chunks(dy, T, nc)
     g = torch.empty_like(h)
     tmp = h.new_empty(m, n, d) if Bo.shared else None
@@ -257,9 +253,10 @@ def _backward_sub(u, saved, dy, dlast, T, nc):
 
 
 def scan_forward(u: Tensor, delta: Tensor, A: Tensor, Bm: Tensor, Cm: Tensor, need_saved: bool):
-    """y = <C_t, h_t> (B, D, L), last state (B, D, N), and the state for `scan_backward` (or None).
+    """y = <C_t, h_t> (B, D, L), last state (B, D, N), and (tensors, meta) for `scan_backward`.
 
     u, delta (B, D, L), A (D, N), B/C (D, N) or (B, G, N, L), all in one float dtype; no D, z, bias, softplus.
+    The tensors are a flat list so that autograd can hold them (save_for_backward frees them after backward).
     """
     batch, dim, length = u.shape
     T, nc, sub = plan(batch, dim, length, A.shape[1])
@@ -271,24 +268,25 @@ def scan_forward(u: Tensor, delta: Tensor, A: Tensor, Bm: Tensor, Cm: Tensor, ne
         y, last, sv = _forward_sub(u[sl], delta[sl], A, Bs, Cs, T, nc, need_saved)
         ys.append(y)
         lasts.append(last)
-        saved.append(sv)
+        saved.extend(sv)
     y = torch.cat(ys, 0) if len(ys) > 1 else ys[0].contiguous()
-    state = (u, saved, (T, nc, sub, Bm.dim() == 2, Cm.dim() == 2)) if need_saved else None
-    return y, torch.cat(lasts, 0), state
+    return y, torch.cat(lasts, 0), (saved, (T, nc, sub))
 
 
-def scan_backward(state, dy: Tensor, dlast: Optional[Tensor]):
-    """Gradients (u, delta, A, B, C) of `scan_forward` for output gradients dy (B, D, L) and dlast (B, D, N)."""
-    u, saved, (T, nc, sub, b_shared, c_shared) = state
+def scan_backward(u: Tensor, A: Tensor, Bm: Tensor, Cm: Tensor, saved, meta, dy: Tensor, dlast: Optional[Tensor]):
+    """Gradients (u, delta, A, B, C) of `scan_forward` (same u, A, B, C) for output gradients dy and dlast."""
+    T, nc, sub = meta
     dy = dy.to(u.dtype)
     parts = []
     for j, i in enumerate(range(0, u.shape[0], sub)):
         sl = slice(i, i + sub)
+        Bs = Bm if Bm.dim() == 2 else Bm[sl]
+        Cs = Cm if Cm.dim() == 2 else Cm[sl]
         dl_ = None if dlast is None else dlast[sl].to(u.dtype)
-        parts.append(_backward_sub(u[sl], saved[j], dy[sl], dl_, T, nc))
+        parts.append(_backward_sub(u[sl], A, Bs, Cs, saved[4 * j : 4 * j + 4], dy[sl], dl_, T, nc))
     d_u = torch.cat([p[0] for p in parts], 0)
     d_delta = torch.cat([p[1] for p in parts], 0)
     dA = torch.stack([p[2] for p in parts]).sum(0).t()
-    dB = torch.stack([p[3] for p in parts]).sum(0) if b_shared else torch.cat([p[3] for p in parts], 0)
-    dC = torch.stack([p[4] for p in parts]).sum(0) if c_shared else torch.cat([p[4] for p in parts], 0)
+    dB = torch.stack([p[3] for p in parts]).sum(0) if Bm.dim() == 2 else torch.cat([p[3] for p in parts], 0)
+    dC = torch.stack([p[4] for p in parts]).sum(0) if Cm.dim() == 2 else torch.cat([p[4] for p in parts], 0)
     return d_u, d_delta, dA, dB, dC

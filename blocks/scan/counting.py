@@ -81,8 +81,9 @@ def _scan_backward_op(
     delta_bias: Optional[Tensor],
     delta_softplus: bool,
 ) -> list[Tensor]:
-    _, _, state = fast_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, True)
-    grads = fast_backward(state, g_out, g_last)
+    inputs = (u, delta, A, B, C, D, z, delta_bias)
+    _, _, (saved, meta) = fast_forward(*inputs, delta_softplus, need_saved=True)
+    grads = fast_backward(inputs, saved, meta, g_out, g_last)
     return [u.new_empty(0) if gr is None else gr.contiguous() for gr in grads]
 
 

@@ -19,6 +19,14 @@ from blocks.scan.chunked import scan_backward, scan_forward
 Grads = tuple[Optional[Tensor], ...]
 
 
+def _prepare(u, delta, A, B, C, D, z, delta_bias):
+    """Inputs in the compute dtype, B/C of shape (B, N, L) lifted to one group (B, 1, N, L)."""
+    ct = compute_dtype(u, delta, A, B, C, D, z, delta_bias)
+    Bc = B.to(ct) if B.dim() != 3 else B.to(ct).unsqueeze(1)
+    Cc = C.to(ct) if C.dim() != 3 else C.to(ct).unsqueeze(1)
+    return ct, u.to(ct), A.to(ct), Bc, Cc
+
+
 def fast_forward(
     u: Tensor,
     delta: Tensor,
@@ -31,28 +39,29 @@ def fast_forward(
     delta_softplus: bool,
     need_saved: bool,
 ):
-    """(out in u's dtype, last state in the compute dtype, state for `fast_backward` or None)."""
-    dtype_in = u.dtype
-    ct = compute_dtype(u, delta, A, B, C, D, z, delta_bias)
-    uc, dr, Ac = u.to(ct), delta.to(ct), A.to(ct)
-    Bc = B.to(ct) if B.dim() != 3 else B.to(ct).unsqueeze(1)
-    Cc = C.to(ct) if C.dim() != 3 else C.to(ct).unsqueeze(1)
+    """(out in u's dtype, last state in the compute dtype, (tensors, meta) for `fast_backward`)."""
+    ct, uc, Ac, Bc, Cc = _prepare(u, delta, A, B, C, D, z, delta_bias)
+    dr = delta.to(ct)
     if delta_bias is not None:
         dr = dr + delta_bias.to(ct)[:, None]
     dt = F.softplus(dr) if delta_softplus else dr
-    y, last, core = scan_forward(uc, dt, Ac, Bc, Cc, need_saved)
+    y, last, (core, core_meta) = scan_forward(uc, dt, Ac, Bc, Cc, need_saved)
     o1 = y if D is None else torch.addcmul(y, uc, D.to(ct)[:, None])
     out = o1 if z is None else o1 * F.silu(z.to(ct))
-    state = None
-    if need_saved:
-        state = (core, uc, dr if delta_softplus else None, o1 if z is not None else None, ct, (u, delta, A, B, C, D, z, delta_bias))
-    return out.to(dtype_in), last, state
+    if not need_saved:
+        return out.to(u.dtype), last, None
+    extra = ([dr] if delta_softplus else []) + ([o1] if z is not None else [])
+    return out.to(u.dtype), last, (extra + core, (delta_softplus, z is not None, core_meta))
 
 
-def fast_backward(state, g_out: Optional[Tensor], g_last: Optional[Tensor]) -> Grads:
-    """Gradients for (u, delta, A, B, C, D, z, delta_bias) in the inputs' dtypes (None where an input is None)."""
-    core, uc, dr, o1, ct, inputs = state
+def fast_backward(inputs, saved, meta, g_out: Optional[Tensor], g_last: Optional[Tensor]) -> Grads:
+    """Gradients for inputs (u, delta, A, B, C, D, z, delta_bias) in their dtypes (None where an input is None)."""
     u, delta, A, B, C, D, z, delta_bias = inputs
+    softplus, gated, core_meta = meta
+    ct, uc, Ac, Bc, Cc = _prepare(*inputs)
+    saved = list(saved)
+    dr = saved.pop(0) if softplus else None
+    o1 = saved.pop(0) if gated else None
     g = torch.zeros_like(uc) if g_out is None else g_out.to(ct)
     g_z = None
     if z is not None:
@@ -60,10 +69,8 @@ def fast_backward(state, g_out: Optional[Tensor], g_last: Optional[Tensor]) -> G
         sig = torch.sigmoid(zc)
         g_z = g * o1 * sig * (1 + zc * (1 - sig))  # d silu(z) = sig(z) (1 + z (1 - sig(z)))
         g = g * (zc * sig)
-    g_D = None
-    if D is not None:
-        g_D = (g * uc).sum((0, 2))
-    d_u, d_delta, d_A, d_B, d_C = scan_backward(core, g, g_last)
+    g_D = None if D is None else (g * uc).sum((0, 2))
+    d_u, d_delta, d_A, d_B, d_C = scan_backward(uc, Ac, Bc, Cc, saved, core_meta, g, g_last)
     if D is not None:
         d_u = d_u.addcmul_(g, D.to(ct)[:, None])
     if dr is not None:
@@ -78,20 +85,24 @@ def fast_backward(state, g_out: Optional[Tensor], g_last: Optional[Tensor]) -> G
 
 
 class _FastScan(torch.autograd.Function):
+    """Everything the backward needs goes through save_for_backward, so autograd frees it after backward
+    (unless the graph is retained) and saved-tensor hooks (offloading, checkpointing) see it."""
+
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):  # type: ignore[override]
-        need = any(ctx.needs_input_grad)
-        out, last, state = fast_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, need)
-        ctx.state = state
-        if need:
-            # keep autograd's in-place checks for the inputs the backward reads
-            ctx.save_for_backward(*[t for t in (u, delta, A, B, C, D, z, delta_bias) if t is not None])
+        inputs = (u, delta, A, B, C, D, z, delta_bias)
+        out, last, state = fast_forward(*inputs, delta_softplus, need_saved=True)
+        saved, meta = state
+        ctx.present = [t is not None for t in inputs]
+        ctx.meta = meta
+        ctx.save_for_backward(*[t for t in inputs if t is not None], *saved)
         return out, last
 
     @staticmethod
     def backward(ctx, g_out, g_last):  # type: ignore[override]
-        ctx.saved_tensors  # raises if an input was modified in place since the forward
-        grads = fast_backward(ctx.state, g_out, g_last)
+        tensors = list(ctx.saved_tensors)
+        inputs = tuple(tensors.pop(0) if present else None for present in ctx.present)
+        grads = fast_backward(inputs, tensors, ctx.meta, g_out, g_last)
         return (*[gr if need else None for gr, need in zip(grads, ctx.needs_input_grad)], None)
 
 
