@@ -9,7 +9,7 @@ permitting, with the pure-PyTorch scan as well), else with the pure-PyTorch scan
 and swin_tiny_patch4_window7_224. Writes gpu-results.md and gpu-results.json to --out (default
 $OUT, else benchmarks/results/) after EVERY model, so a run cut short by its time limit still leaves what it
 measured. A soft budget (--budget-s) skips models that would not fit; a hard alarm at the budget
-plus a margin stops a model that overruns and records it as such.
+plus --grace-s stops a model that overruns and records it as such.
 """
 
 from __future__ import annotations
@@ -172,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="2 short windows, minimal warm-up (smoke test)")
     parser.add_argument("--budget-s", type=float, default=270.0, help="soft time budget for the whole run")
     parser.add_argument("--per-model-s", type=float, default=45.0, help="time a model is assumed to need")
+    parser.add_argument("--grace-s", type=float, default=20.0, help="hard stop this long after the budget")
     parser.add_argument(
         "--out", default=os.environ.get("OUT") or str(ROOT / "benchmarks" / "results"), help="default $OUT, else benchmarks/results"
     )
@@ -197,12 +198,13 @@ def main(argv: list[str] | None = None) -> int:
     result["env"] = collect_env(profile.device, profile.precision, profile.channels_last, profile.compile)
     result["smi_before"] = nvidia_smi()
     records: list[MeasureRecord] = []
-    hard_limit = int(args.budget_s + 60)
+    hard_limit = int(args.budget_s + args.grace_s)
     if hasattr(signal, "SIGALRM"):
         signal.signal(signal.SIGALRM, _alarm)
         signal.alarm(hard_limit)
     try:
-        for run in plan(args):
+        runs = plan(args)
+        for i, run in enumerate(runs):
             left = args.budget_s - (time.monotonic() - start)
             if left < (5.0 if args.quick else args.per_model_s):
                 result["problems"].append({"label": run["label"], "status": "skipped", "error": f"{left:.0f} s of budget left"})
@@ -212,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
                 records.append(measure_one(run, profile))
             except Overrun:
                 result["problems"].append({"label": run["label"], "status": "overran", "error": f"hard limit {hard_limit} s"})
+                result["problems"] += [{"label": r["label"], "status": "skipped", "error": "after an overrun"} for r in runs[i + 1 :]]
                 break
             except Exception as exc:  # record and go on: one broken model must not lose the others
                 result["problems"].append({"label": run["label"], "status": "failed", "error": f"{type(exc).__name__}: {exc}"})

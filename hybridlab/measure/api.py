@@ -21,7 +21,7 @@ from torch import nn
 
 from hybridlab.errors import ConfigError, HybridlabError
 from hybridlab.measure.cache import MeasureCache
-from hybridlab.measure.env import collect_env, env_fingerprint
+from hybridlab.measure.env import collect_env, env_fingerprint, load_average
 from hybridlab.measure.flops import ComputeCounts, count_compute, count_compute_fresh
 from hybridlab.measure.record import MeasureProfile, MeasureRecord
 from hybridlab.measure.resolve import ModelSource, infer_in_chans, is_model_name, resolve_model
@@ -241,6 +241,8 @@ def _measure(source: ModelSource, profile: MeasureProfile, fingerprint: str) -> 
             model.train(was_training)
         free_memory(device, full=True)
     record.wall_s = round(time.perf_counter() - start, 3)
+    if record.env:
+        record.env["load_avg_end"] = load_average()
     return record
 
 

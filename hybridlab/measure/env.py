@@ -160,8 +160,17 @@ def collect_env(
         compile=compile_mode or "off",
         scan_backend=scan_backend(dev, modules),
         omp_num_threads=os.environ.get("OMP_NUM_THREADS"),
+        load_avg=load_average(),
     )
     return env
+
+
+def load_average() -> list[float] | None:
+    """1/5/15-minute load averages: on a shared machine they say how much to trust CPU timings."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
 
 
 def env_fingerprint(env: dict[str, Any]) -> str:
@@ -170,4 +179,4 @@ def env_fingerprint(env: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-__all__ = ["FINGERPRINT_KEYS", "collect_env", "cpu_model", "env_fingerprint", "gpu_driver", "scan_backend"]
+__all__ = ["FINGERPRINT_KEYS", "collect_env", "cpu_model", "env_fingerprint", "gpu_driver", "load_average", "scan_backend"]

@@ -42,6 +42,9 @@ def env_line(env: Mapping[str, Any]) -> str:
         where = f"cuda: {env.get('device_name')} (sm {env.get('cuda_capability')}, driver {env.get('driver')}, CUDA {env.get('cuda')})"
     else:
         where = f"cpu: {env.get('cpu_model')}, {env.get('threads')} threads"
+        start, end = env.get("load_avg"), env.get("load_avg_end")
+        if start:
+            where += f", load {start[0]:g}" + (f" -> {end[0]:g}" if end else "") + f" on {env.get('cpu_count')} cores"
     tf32 = f"tf32 matmul {'on' if env.get('tf32_matmul') else 'off'}/cudnn {'on' if env.get('tf32_cudnn') else 'off'}"
     return (
         f"{where}; torch {env.get('torch')}, timm {env.get('timm')}, hybridlab {env.get('hybridlab')}; "
