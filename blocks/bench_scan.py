@@ -30,14 +30,22 @@ SHAPES = [
 
 def median_ms(fn: Callable[[], object], repeat: int, warmup: int) -> float:
     """Median wall time of `fn` in ms after `warmup` untimed calls."""
+    return interleaved_ms({"fn": fn}, repeat, warmup)["fn"]
+
+
+def interleaved_ms(fns: dict[str, Callable[[], object]], repeat: int, warmup: int) -> dict[str, float]:
+    """Median wall time in ms of each function, timed in turns (A B A B ...) so that a burst of load
+    from other processes falls on all of them rather than on whichever happened to run then."""
     for _ in range(warmup):
-        fn()
-    times = []
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(ts) * 1e3 for name, ts in times.items()}
 
 
 def scan_inputs(batch: int, dim: int, length: int, state: int, seed: int = 0) -> list[torch.Tensor]:
@@ -57,28 +65,72 @@ def bench_scan(repeat: int, warmup: int) -> None:
     ratios: dict[str, float] = {}
     print(f"{'shape':<26}{'backend':<11}{'fwd ms':>10}{'fwd+bwd ms':>13}")
     for name, batch, dim, length, state in SHAPES:
-        u, delta, A, B, C, D, bias = scan_inputs(batch, dim, length, state)
-        res = {}
+        inputs = scan_inputs(batch, dim, length, state)
+        u, delta, A, B, C, D, bias = inputs
+        fns: dict[str, Callable[[], object]] = {}
         for backend in ("reference", "fast"):
 
-            def fwd() -> None:
+            def fwd(backend: str = backend) -> None:
                 with torch.no_grad():
                     selective_scan(u, delta, A, B, C, D, None, bias, True, backend=backend)
 
-            def fwd_bwd() -> None:
+            def fwd_bwd(backend: str = backend) -> None:
                 out = selective_scan(u, delta, A, B, C, D, None, bias, True, backend=backend)
-                torch.autograd.grad(out.sum(), (u, delta, A, B, C, D, bias))
+                torch.autograd.grad(out.sum(), inputs)
 
-            reps = max(1, repeat // 2) if backend == "reference" else repeat
-            res[backend] = (median_ms(fwd, reps, warmup), median_ms(fwd_bwd, reps, warmup))
-            print(f"{name:<26}{backend:<11}{res[backend][0]:>10.1f}{res[backend][1]:>13.1f}", flush=True)
-        r_fwd = res["reference"][0] / res["fast"][0]
-        r_fb = res["reference"][1] / res["fast"][1]
+            fns[f"{backend} fwd"] = fwd
+            fns[f"{backend} fwd+bwd"] = fwd_bwd
+        ms = interleaved_ms(fns, repeat, warmup)
+        for backend in ("reference", "fast"):
+            print(f"{name:<26}{backend:<11}{ms[backend + ' fwd']:>10.1f}{ms[backend + ' fwd+bwd']:>13.1f}")
+        r_fwd = ms["reference fwd"] / ms["fast fwd"]
+        r_fb = ms["reference fwd+bwd"] / ms["fast fwd+bwd"]
         ratios[name] = r_fb
         print(f"{name:<26}{'ref/fast':<11}{r_fwd:>9.1f}x{r_fb:>12.1f}x", flush=True)
     x = min(ratios[n] for n, _, _, length, _ in SHAPES if length == 196)
     y = min(ratios[n] for n, _, _, length, _ in SHAPES if length == 49)
     print(f"fwd+bwd speedup: {x:.1f} (L=196), {y:.1f} (L=49)")
+
+
+# The shapes of tests/test_scan.py's parity grid: (batch, dim, length, state, B/C form)
+GRID = [
+    (2, 4, 1, 1, "bnl"),
+    (2, 4, 4, 16, "dn"),
+    (3, 6, 7, 3, "bgnl"),
+    (2, 4, 23, 16, "bnl"),
+    (1, 8, 33, 1, "dn"),
+    (2, 6, 37, 5, "bgnl"),
+    (2, 8, 50, 16, "bnl"),
+]
+
+
+def bench_grid(repeat: int, warmup: int) -> None:
+    """fwd+bwd of both backends on the small test-grid shapes (all options on): where per-call overhead,
+    not arithmetic, decides."""
+    slower = 0
+    print(f"{'batch,dim,length,state,form':<30}{'reference ms':>14}{'fast ms':>10}{'ref/fast':>10}")
+    for batch, dim, length, state, form in GRID:
+        g = torch.Generator().manual_seed(length)
+        shapes = {"dn": (dim, state), "bnl": (batch, state, length), "bgnl": (batch, 2, state, length)}
+        u, delta, z = (torch.randn(batch, dim, length, generator=g) for _ in range(3))
+        A = -torch.rand(dim, state, generator=g) - 0.5
+        B, C = (torch.randn(*shapes[form], generator=g) for _ in range(2))
+        D, bias = torch.randn(dim, generator=g), torch.randn(dim, generator=g)
+        inputs = [t.requires_grad_() for t in (u, delta, A, B, C, D, z, bias)]
+        fns = {}
+        for backend in ("reference", "fast"):
+
+            def fwd_bwd(backend: str = backend) -> None:
+                out, last = selective_scan(*inputs, True, True, backend=backend)
+                torch.autograd.grad(out.sum() + last.sum(), inputs)
+
+            fns[backend] = fwd_bwd
+        ms = interleaved_ms(fns, repeat, warmup)
+        ratio = ms["reference"] / ms["fast"]
+        slower += ratio < 0.95  # a 5% margin: identical code (L <= fast.SHORT_LENGTH) reads 0.97x-1.03x
+        label = f"{batch},{dim},{length},{state},{form}"
+        print(f"{label:<30}{ms['reference']:>14.2f}{ms['fast']:>10.2f}{ratio:>9.1f}x", flush=True)
+    print(f"grid: fast more than 5% slower than reference on {slower} of {len(GRID)} shapes")
 
 
 def bench_models(repeat: int, warmup: int) -> None:
@@ -144,12 +196,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=5, help="timed repeats per measurement (median)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls before timing")
     parser.add_argument("--model", action="store_true", help="time whole models instead of the bare scan")
+    parser.add_argument("--grid", action="store_true", help="time the small shapes of the test grid instead")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     if args.model:
         bench_models(args.repeat, args.warmup)
+    elif args.grid:
+        bench_grid(max(args.repeat, 20), max(args.warmup, 3))
     else:
         bench_scan(args.repeat, args.warmup)
 

@@ -9,6 +9,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import blocks.scan.chunked as chunked
+import blocks.scan.fast as fast
 from blocks.scan import available_backends, resolve_backend, scan_backend, scan_flops, selective_scan
 from hybridlab.errors import ConfigError
 
@@ -207,7 +208,8 @@ def _backends_for(device: str) -> list[str]:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("case", PARITY, ids=lambda c: "b{}d{}l{}n{}-{}".format(*c[:5]))
-def test_backends_match_reference(case, dtype):
+def test_backends_match_reference(case, dtype, monkeypatch):
+    monkeypatch.setattr(fast, "SHORT_LENGTH", 0)  # run the chunked core even for L=1 and L=4
     batch, dim, length, state, bc, with_D, with_z, with_bias, softplus, last = case
     args = make_inputs(batch, dim, length, state, bc, groups=2, dtype=dtype, seed=length,
                        with_D=with_D, with_z=with_z, with_bias=with_bias)
@@ -222,9 +224,11 @@ def test_backends_match_reference(case, dtype):
 
 
 def test_fast_sub_batches_and_chunk_layouts(monkeypatch):
-    """Force many sub-batches (a slab budget of one row) across the chunk layouts: nc=1, T=1, padded T>1."""
-    monkeypatch.setattr(chunked, "SLAB_ELEMENTS", 1)
-    for length in (3, 9, 23, 33):
+    """Force many sub-batches (a state budget of one row) across the chunk layouts: nc=1, T=1, padded T>1;
+    the chunked core also for the short sequences that `fast` normally hands to the plain loop."""
+    monkeypatch.setattr(chunked, "STATE_ELEMENTS", 1)
+    monkeypatch.setattr(fast, "SHORT_LENGTH", 0)
+    for length in (1, 3, 9, 23, 33):
         assert chunked.plan(5, 6, length, 2)[2] == 1
         for bc in ("dn", "bnl", "bgnl"):
             args = make_inputs(5, 6, length, 2, bc, groups=3, seed=length)

@@ -32,11 +32,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-SLAB_ELEMENTS = 1 << 18  # ~1 MiB of fp32 per slab: fits one core's L2 with room for its operands
+STATE_ELEMENTS = 1 << 22  # per sub-batch state tensor: 16 MiB in fp32, under glibc's 32 MiB mmap threshold
 
 
 def plan(batch: int, dim: int, length: int, state: int) -> tuple[int, int, int]:
-    """(T, nc, sub_batch): T ~ sqrt(0.15 L) balances ~20T in-chunk ops against ~3L/T cross-chunk ops."""
+    """(T, nc, sub_batch): T ~ sqrt(0.15 L) balances ~20T in-chunk ops against ~3L/T cross-chunk ops; the
+    sub-batch keeps each (T, nc*b, N, D) tensor within STATE_ELEMENTS."""
     if length <= 4:
         T = max(length, 1)
     else:
@@ -46,7 +47,7 @@ def plan(batch: int, dim: int, length: int, state: int) -> tuple[int, int, int]:
             if divisors:
                 T = min(divisors, key=lambda k: abs(k - T))
     nc = -(-length // T)
-    sub = max(1, min(batch, round(SLAB_ELEMENTS / (nc * state * dim))))
+    sub = max(1, min(batch, STATE_ELEMENTS // (T * nc * state * dim)))
     return T, nc, sub
 
 
@@ -269,8 +270,9 @@ def scan_forward(u: Tensor, delta: Tensor, A: Tensor, Bm: Tensor, Cm: Tensor, ne
         ys.append(y)
         lasts.append(last)
         saved.extend(sv)
-    y = torch.cat(ys, 0) if len(ys) > 1 else ys[0].contiguous()
-    return y, torch.cat(lasts, 0), (saved, (T, nc, sub))
+    if len(ys) == 1:
+        return ys[0].contiguous(), lasts[0], (saved, (T, nc, sub))
+    return torch.cat(ys, 0), torch.cat(lasts, 0), (saved, (T, nc, sub))
 
 
 def scan_backward(u: Tensor, A: Tensor, Bm: Tensor, Cm: Tensor, saved, meta, dy: Tensor, dlast: Optional[Tensor]):
@@ -284,6 +286,9 @@ def scan_backward(u: Tensor, A: Tensor, Bm: Tensor, Cm: Tensor, saved, meta, dy:
         Cs = Cm if Cm.dim() == 2 else Cm[sl]
         dl_ = None if dlast is None else dlast[sl].to(u.dtype)
         parts.append(_backward_sub(u[sl], A, Bs, Cs, saved[4 * j : 4 * j + 4], dy[sl], dl_, T, nc))
+    if len(parts) == 1:
+        d_u, d_delta, dA, dB, dC = parts[0]
+        return d_u, d_delta, dA.t(), dB, dC
     d_u = torch.cat([p[0] for p in parts], 0)
     d_delta = torch.cat([p[1] for p in parts], 0)
     dA = torch.stack([p[2] for p in parts]).sum(0).t()

@@ -15,6 +15,11 @@ from torch import Tensor
 
 from blocks.scan._common import compute_dtype
 from blocks.scan.chunked import scan_backward, scan_forward
+from blocks.scan.reference import selective_scan_reference
+
+# Up to this many steps the plain loop (with autograd) is cheaper than the chunked machinery's fixed
+# per-call overhead (~40 small ops), so `fast` runs it (measured with `python -m blocks.bench_scan --grid`).
+SHORT_LENGTH = 4
 
 Grads = tuple[Optional[Tensor], ...]
 
@@ -119,6 +124,8 @@ def selective_scan_fast(
     return_last_state: bool = False,
 ):
     """Same contract as the reference backend."""
+    if u.shape[-1] <= SHORT_LENGTH:
+        return selective_scan_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias)):
         out, last = _FastScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     else:
