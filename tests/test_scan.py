@@ -301,7 +301,8 @@ def test_extreme_values_stay_finite(name):
     pre_delta, a_value = EXTREMES[name]
     u, delta, A, B, C, D, z, bias = make_inputs(2, 4, 41, 3, seed=8)
     delta = pre_delta + 0.5 * delta  # spread around the extreme value
-    A = torch.full_like(A, a_value) * (1 + 0.1 * torch.rand(A.shape, generator=torch.Generator().manual_seed(0), dtype=A.dtype))
+    jitter = torch.rand(A.shape, generator=torch.Generator().manual_seed(0), dtype=A.dtype)
+    A = torch.full_like(A, a_value) * (1 + 0.1 * jitter)
     args = (u, delta, A, B, C, D, z, bias)
     want = run(args, "reference", softplus=True)
     for dtype in (torch.float32, torch.float64):
@@ -353,3 +354,23 @@ def test_flop_counter_counts_mixer_linear_layers_plus_scan():
         x = lin(u.transpose(1, 2)).transpose(1, 2)
         selective_scan(x, delta, A, B, C, D, delta_bias=bias, delta_softplus=True)
     assert counter.get_total_flops() == 2 * (2 * 10) * 8 * 8 + scan_flops(2, 8, 10, 4, True, False)
+
+
+# ---------------------------------------------------------------- benchmark script (format only, tiny shapes)
+
+
+def test_bench_scan_prints_the_speedup_line_last(monkeypatch, capsys):
+    import re
+
+    import blocks.bench_scan as bench
+
+    shapes = [("tiny L=196", 1, 4, 196, 2), ("tiny2 L=196", 1, 2, 196, 2), ("tiny L=49", 1, 4, 49, 2)]
+    monkeypatch.setattr(bench, "SHAPES", shapes)
+    threads = torch.get_num_threads()
+    try:
+        bench.main(["--threads", "1", "--repeat", "1", "--warmup", "0"])
+    finally:
+        torch.set_num_threads(threads)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert re.fullmatch(r"fwd\+bwd speedup: \d+\.\d \(L=196\), \d+\.\d \(L=49\)", lines[-1])
+    assert sum("ref/fast" in line for line in lines) == 3

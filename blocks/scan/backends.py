@@ -15,6 +15,7 @@ from typing import Callable, Iterator, Optional
 
 import torch
 
+from blocks.scan._common import WHERE
 from hybridlab.errors import ConfigError
 
 ENV_VAR = "HYBRIDLAB_SCAN_BACKEND"
@@ -34,16 +35,11 @@ def _mamba_ssm_fn() -> Optional[Callable]:
 
 
 def _implemented() -> dict[str, Callable]:
+    """The pure-PyTorch backends (always present), imported on first use."""
+    from blocks.scan.fast import selective_scan_fast
     from blocks.scan.reference import selective_scan_reference
 
-    impls: dict[str, Callable] = {"reference": selective_scan_reference}
-    try:
-        from blocks.scan.fast import selective_scan_fast
-    except ImportError:  # pragma: no cover - only while the fast backend is being written
-        pass
-    else:
-        impls["fast"] = selective_scan_fast
-    return impls
+    return {"reference": selective_scan_reference, "fast": selective_scan_fast}
 
 
 def available_backends(device: Optional[torch.device | str] = None) -> list[str]:
@@ -59,7 +55,7 @@ def _check_name(name: str, source: str) -> str:
     if name not in BACKEND_NAMES and name != "auto":
         raise ConfigError(
             f"unknown scan backend {name!r} (from {source}); choose one of auto, {', '.join(BACKEND_NAMES)}",
-            "selective_scan",
+            WHERE,
         )
     return name
 
@@ -86,14 +82,14 @@ def resolve_backend(name: str = "auto", device: Optional[torch.device | str] = N
     if name == "auto":
         if dev.type == "cuda" and "mamba_ssm" in available_backends(dev):
             return "mamba_ssm"
-        return "fast" if "fast" in _implemented() else "reference"
+        return "fast"
     if name == "mamba_ssm":
         if _mamba_ssm_fn() is None:
-            raise ConfigError(f"scan backend 'mamba_ssm' (from {source}) needs mamba-ssm, which is not importable", "selective_scan")
+            raise ConfigError(f"scan backend 'mamba_ssm' (from {source}) needs mamba-ssm, not installed here", WHERE)
         if dev.type != "cuda":
-            raise ConfigError(f"scan backend 'mamba_ssm' (from {source}) needs CUDA tensors, got {dev.type}", "selective_scan")
+            raise ConfigError(f"scan backend 'mamba_ssm' (from {source}) needs CUDA tensors, got {dev.type}", WHERE)
     elif name not in _implemented():
-        raise ConfigError(f"scan backend {name!r} (from {source}) is not available here", "selective_scan")
+        raise ConfigError(f"scan backend {name!r} (from {source}) is not available here", WHERE)
     return name
 
 

@@ -6,10 +6,12 @@ the number of ops, since each op that wakes the thread pool can stall on a busy 
 * The recurrence h_t = a_t * h_{t-1} + x_t is linear, so it splits exactly into nc chunks of T steps:
   scan every chunk at once from a zero state keeping only each chunk's end state and decay product, pass
   the true states along the chunks (one small step per chunk), then rescan every chunk from its true
-  incoming state. That is about 7T + nc ops instead of ~4L.
+  incoming state. That is about 7T + nc ops forward and 13T + 2nc backward instead of ~10L.
 * All work for one in-chunk position t (decays, inputs, scan step, contraction with C; in the backward the
-  state-gradient step and every input gradient) is done on that position's slab of all chunks while it
-  is in cache, so each big tensor is written once and read about once.
+  state-gradient step and every input gradient) is done on that position's slab of all chunks, one slab
+  after the other, so no big temporaries are made and each slab is reused while it is still in cache.
+  What remains is ~7 passes over state-sized tensors forward and ~12 backward: that, not arithmetic, is
+  what bounds this backend.
 * The batch is processed in sub-batches so that the state tensors stay well under the allocator's mmap
   threshold (32 MiB) and are reused instead of page-faulted, without multiplying the op count too much.
 * It never divides by a decay and never exponentiates a positive number: decays a = exp(delta*A) lie in
@@ -99,7 +101,8 @@ class _Operand:
             torch.mul(w.unsqueeze(1), self.tmgn[t].transpose(1, 2), out=out)
         else:
             m, g = w.shape[0], self.groups
-            torch.mul(w.view(m, 1, g, self.dim // g), self.tmng[t].unsqueeze(-1), out=out.view(m, self.n, g, -1))
+            op = self.tmng[t].unsqueeze(-1)  # (M, N, G, 1)
+            torch.mul(w.view(m, 1, g, self.dim // g), op, out=out.view(m, self.n, g, -1))
 
     def contract(self, big: Tensor, t: int, out: Tensor, tmp: Tensor) -> None:
         """out (M, D) = sum_n big (M, N, D) * operand at step t; tmp is a scratch slab."""
@@ -110,7 +113,8 @@ class _Operand:
         else:
             h = self.dim // self.groups
             for j in range(self.groups):
-                out[:, j * h : (j + 1) * h] = torch.bmm(self.tmgn[t][:, j : j + 1], big[:, :, j * h : (j + 1) * h]).squeeze(1)
+                part = torch.bmm(self.tmgn[t][:, j : j + 1], big[:, :, j * h : (j + 1) * h])
+                out[:, j * h : (j + 1) * h] = part.squeeze(1)
 
     def add_grad(self, big: Tensor, w: Tensor, t: int) -> None:
         """Record the gradient of this operand at step t from d out = big (M, N, D) and the factor w (M, D)."""
@@ -121,14 +125,15 @@ class _Operand:
             return
         if self.grad_chunks is None:
             self.grad_chunks = big.new_empty(self.tmgn.shape)
-        # (M, 1, D) @ (M, D, N) with the slab read transposed: BLAS takes it as is, while the (M, N, D) @
-        # (M, D, 1) form falls back to a per-matrix copy loop in bmm
+        # (M, 1, D) @ (M, D, N) with the slab read transposed: BLAS takes it as is and it measured ~3x
+        # faster than the (M, N, D) @ (M, D, 1) form
         if self.groups == 1:
             torch.bmm(w.unsqueeze(1), big.transpose(1, 2), out=self.grad_chunks[t])
         else:
             h = self.dim // self.groups
             for j in range(self.groups):
-                part = torch.bmm(w[:, j * h : (j + 1) * h].unsqueeze(1), big[:, :, j * h : (j + 1) * h].transpose(1, 2))
+                cols = slice(j * h, (j + 1) * h)
+                part = torch.bmm(w[:, cols].unsqueeze(1), big[:, :, cols].transpose(1, 2))
                 self.grad_chunks[t][:, j] = part.squeeze(1)
 
     def grad(self) -> Tensor:

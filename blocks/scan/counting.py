@@ -64,7 +64,8 @@ def _scan_op(
 @_scan_op.register_fake
 def _scan_op_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend):
     ct = compute_dtype(u, delta, A, B, C, D, z, delta_bias)
-    return torch.empty_like(u, memory_format=torch.contiguous_format), u.new_empty((u.shape[0], u.shape[1], A.shape[1]), dtype=ct)
+    last = u.new_empty((u.shape[0], u.shape[1], A.shape[1]), dtype=ct)
+    return torch.empty_like(u, memory_format=torch.contiguous_format), last
 
 
 @torch.library.custom_op("hybridlab::selective_scan_backward", mutates_args=())
@@ -126,7 +127,7 @@ def _scan_op_flops(u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend,
 
 
 @register_flop_formula(torch.ops.hybridlab.selective_scan_backward)
-def _scan_backward_op_flops(g_out, g_last, u, delta, A, B, C, D, z, delta_bias, delta_softplus, out_shape=None, **kwargs) -> int:
+def _scan_backward_op_flops(g_out, g_last, u, delta, A, B, C, D, z, delta_bias, softplus, out_shape=None, **kw) -> int:
     return 2 * _shape_flops(u, A, D, z)
 
 

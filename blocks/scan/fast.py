@@ -126,8 +126,9 @@ def selective_scan_fast(
     """Same contract as the reference backend."""
     if u.shape[-1] <= SHORT_LENGTH:
         return selective_scan_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias)):
-        out, last = _FastScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    inputs = (u, delta, A, B, C, D, z, delta_bias)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
+        out, last = _FastScan.apply(*inputs, delta_softplus)
     else:
         out, last, _ = fast_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, False)
     return (out, last) if return_last_state else out
