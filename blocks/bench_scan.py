@@ -223,7 +223,7 @@ def bench_models(repeat: int, warmup: int) -> None:
             print(f"{name:<34}{backend:<11}{train:>12.1f}{infer_:>12.1f}")
         r_train = ms["reference train"] / ms["fast train"]
         r_infer = ms["reference infer"] / ms["fast infer"]
-        print(f"{name:<34}{'fast/ref':<11}{r_train:>11.2f}x{r_infer:>11.2f}x", flush=True)
+        print(f"{name:<34}{'ref/fast':<11}{r_train:>11.2f}x{r_infer:>11.2f}x", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:

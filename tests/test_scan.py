@@ -228,8 +228,9 @@ def test_fast_sub_batches_and_chunk_layouts(monkeypatch):
     the chunked core also for the short sequences that `fast` normally hands to the plain loop."""
     monkeypatch.setattr(chunked, "STATE_ELEMENTS", 1)
     monkeypatch.setattr(fast, "SHORT_LENGTH", 0)
-    for length in (1, 3, 9, 23, 33):
-        assert chunked.plan(5, 6, length, 2)[2] == 1
+    layouts = {1: (1, 1), 3: (3, 1), 9: (1, 9), 23: (2, 12), 33: (3, 11), 100: (4, 25)}  # length: (T, nc)
+    for length, (T, nc) in layouts.items():
+        assert chunked.plan(5, 6, length, 2) == (T, nc, 1)
         for bc in ("dn", "bnl", "bgnl"):
             args = make_inputs(5, 6, length, 2, bc, groups=3, seed=length)
             for got, want in zip(run(args, "fast"), run(args, "reference")):
@@ -289,6 +290,7 @@ EXTREMES = {
     # delta before softplus, and A, as softplus and -exp(A_log) can produce them
     "delta ~1e4": (1e4, -1.0),
     "delta ~1e-30": (-70.0, -1.0),
+    "delta exactly 0": (-1000.0, -1.0),
     "A = -exp(10)": (0.0, -math.exp(10)),
     "A near 0": (0.0, -math.exp(-30)),
     "delta 1e4, A -exp(10)": (1e4, -math.exp(10)),

@@ -165,16 +165,22 @@ def _forward_sub(u, delta, A, Bsub, Csub, T, nc, need_saved):
     for t in range(T):
         torch.mul(dl[t].unsqueeze(1), At, out=a[t]).exp_()
         Bo.expand(du[t], t, h[t])
-        if nc == 1:
+        if nc == 1 or T == 1:  # one chunk, or one step per chunk: a plain scan over time
             if t:
                 h[t].addcmul_(a[t], h[t - 1])
+            elif nc > 1:
+                h4, a4 = h[0].view(nc, b, n, d), a[0].view(nc, b, n, d)
+                for k in range(1, nc):
+                    h4[k].addcmul_(a4[k], h4[k - 1])
             Co.contract(h[t], t, y[t], tmp)
         elif t == 0:
-            end, decay = h[0].clone(), a[0].clone()
+            end, decay = h[0], a[0]  # read-only views until t = 1 makes new tensors
+        elif t == 1:
+            end, decay = torch.addcmul(h[1], a[1], end), a[1] * decay
         else:
             torch.addcmul(h[t], a[t], end, out=end)
             decay.mul_(a[t])
-    if nc > 1:
+    if nc > 1 and T > 1:
         # phase B: true state at the end of chunk k (chunks are the outer factor of M = nc*b)
         end4, decay4 = end.view(nc, b, n, d), decay.view(nc, b, n, d)
         for k in range(1, nc - 1):
@@ -208,13 +214,18 @@ def _backward_sub(u, A, Bsub, Csub, saved, dy, dlast, T, nc):
         Co.add_grad(h[t], dyl[t], t)
         if t == T - 1 and dlast is not None:
             g[t].view(nc, b, n, d)[nc - 1] += dlast.transpose(1, 2)
-        if nc > 1:
-            if t == T - 1:
-                start, decay = g[t].clone(), torch.ones_like(g[t])
-            else:
-                torch.addcmul(g[t], a[t + 1], start, out=start)
-                decay.mul_(a[t + 1])
-    if nc > 1:
+        if nc == 1 or t == T - 1:
+            continue
+        if t == T - 2:
+            start, decay = torch.addcmul(g[t], a[t + 1], g[t + 1]), a[t + 1]  # decay: a read-only view
+        else:
+            torch.addcmul(g[t], a[t + 1], start, out=start)
+            decay = a[t + 1] * decay if t == T - 3 else decay.mul_(a[t + 1])
+    if nc > 1 and T == 1:  # one step per chunk: a plain reverse scan over time
+        g4, a4 = g[0].view(nc, b, n, d), a[0].view(nc, b, n, d)
+        for k in range(nc - 2, -1, -1):
+            g4[k].addcmul_(a4[k + 1], g4[k + 1])
+    elif nc > 1:
         # phase B: incoming gradient a[0, k+1] * G[0, k+1], last chunk first; start becomes the true G[0, k]
         start4, decay4 = start.view(nc, b, n, d), decay.view(nc, b, n, d)
         incoming = torch.zeros_like(start4)
