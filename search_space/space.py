@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Sequence
 
 import itertools
+import math
 
 import optuna
 
@@ -233,7 +234,14 @@ class SearchSpace:
         return True  # every dimension is a finite list of choices
 
     def size(self) -> int:
+        """Number of assignments (before de-duplication); counted without enumerating big free spaces."""
+        if not any(d.when for d in self.dimensions):
+            return math.prod(len(d.choices) for d in self.dimensions)
         return sum(1 for _ in self._param_sets())
+
+    def sample_candidates(self, limit: int) -> list[Candidate]:
+        """The first `limit` assignments' candidates: cheap checks on spaces too big to enumerate."""
+        return [self.candidate(p) for p in itertools.islice(self._param_sets(), limit)]
 
     def _param_sets(self) -> Iterator[dict[str, Any]]:
         """Every assignment of the active dimensions (conditional ones only where they apply)."""

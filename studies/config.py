@@ -30,6 +30,7 @@ METRICS = {
     "train_throughput_img_s": "maximize", "latency_ms": "minimize", "params": "minimize", "macs": "minimize",
     "flops": "minimize", "peak_mem_mb": "minimize",
 }
+MAX_GRID = 10_000
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
@@ -191,6 +192,8 @@ def _validate(data: dict[str, Any], source: str, check_data: bool) -> StudyConfi
     devices = attempt(lambda: _optional_int(data.get("devices", 1), "devices", 1), 1)
     if space is not None and sampler.get("name") != "grid" and n_trials is None:
         problems.append("n_trials: required unless the sampler is 'grid'")
+    if space is not None and sampler.get("name") == "grid" and space.size() > MAX_GRID:
+        problems.append(f"sampler: a grid over {space.size():,} assignments is too big (max {MAX_GRID:,}); use tpe, nsga2 or gp")
     if space is not None and base is not None and data_cfg is not None:
         attempt(lambda: _check_windows(space, data_cfg))
     if problems:
@@ -359,7 +362,7 @@ def _ablation(value: Any, space: SearchSpace | None) -> dict[str, Any] | None:
         if key not in ("default_label", "names"):
             raise ConfigError(f"unknown key {key!r} (known: default_label, names)", f"ablation.{key}")
     if space is not None and "default_label" in cfg:
-        labels = {c.label for c in space.candidates()}
+        labels = {c.label for c in space.sample_candidates(MAX_GRID)}
         if cfg["default_label"] not in labels:
             raise ConfigError(
                 f"{cfg['default_label']!r} is not a label of the search space (labels: {', '.join(sorted(labels))})",
@@ -372,7 +375,7 @@ def _check_windows(space: SearchSpace, data_cfg: dict[str, Any]) -> None:
     """A window larger than its token stage's feature map only adds zero padding: refuse it."""
     img = data_cfg["_img_size"]
     base = space.base
-    for cand in space.candidates()[:64]:
+    for cand in space.sample_candidates(64):
         spec = cand.spec
         side = img // spec.stem_stride
         for i, stage in enumerate(spec.parsed.stages):

@@ -36,7 +36,7 @@ def main(args: argparse.Namespace, report: bool | None = None) -> int:
         raise ConfigError(f"must be at least 1, got {args.n_trials}", "--n-trials")
     config = load_study_config(args.study, overrides=args.overrides)
     if getattr(args, "check", False):
-        print(f"{config.source}: ok ({config.space.size()} candidates, sampler {config.sampler['name']})")
+        print(f"{config.source}: ok (search space of {config.space.size():,} assignments, sampler {config.sampler['name']})")
         return 0
     options = RunOptions(
         results_dir=args.results_dir,
