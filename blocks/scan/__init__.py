@@ -1,10 +1,15 @@
 """Selective scan (Mamba-1 S6) with pluggable backends, same call as mamba-ssm's `selective_scan_fn`.
 
-    from blocks.scan import selective_scan
+    from blocks.scan import selective_scan, scan_backend, scan_flops
     y = selective_scan(u, delta, A, B, C, D, delta_bias=b, delta_softplus=True)   # backend="auto"
+    with scan_backend("reference"):                # or HYBRIDLAB_SCAN_BACKEND=reference
+        y = selective_scan(u, delta, A, B, C, D, delta_bias=b, delta_softplus=True)
 
-Backends: "reference" (sequential loop, ground truth), "fast" (CPU default, hand-written backward),
-"mamba_ssm" (CUDA kernel when importable). `auto` is resolved per call; see `blocks.scan.backends`.
+Backends: "reference" (sequential loop, the ground truth), "fast" (chunked scan with a hand-written
+backward; the default off CUDA), "mamba_ssm" (the CUDA kernel, when importable and tensors are on CUDA).
+`auto` is resolved per call: innermost `scan_backend(...)`, then $HYBRIDLAB_SCAN_BACKEND, then the device
+default. Under FlopCounterMode every backend counts exactly `scan_flops(...)` (see `blocks.scan.counting`).
+`python -m blocks.bench_scan` compares the backends' speed.
 """
 
 from __future__ import annotations
