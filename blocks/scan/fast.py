@@ -104,6 +104,7 @@ class _FastScan(torch.autograd.Function):
         return out, last
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # the explicit backward is not itself differentiable
     def backward(ctx, g_out, g_last):  # type: ignore[override]
         tensors = list(ctx.saved_tensors)
         inputs = tuple(tensors.pop(0) if present else None for present in ctx.present)
