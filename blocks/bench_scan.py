@@ -6,7 +6,10 @@ reference/fast. Ratios from one process are the figures to quote: the machines a
 absolute times move by several x between runs. The last line is
 `fwd+bwd speedup: X (L=196), Y (L=49)` (X = the smaller ratio of the two L=196 shapes).
 
-`--model` instead times whole models (training and inference img/s) once per backend.
+`--indexing-ref` adds the loop indexed step by step as mamba-ssm's `selective_scan_ref` writes it (same
+values, O(L^2) backward) for comparison with figures quoted against that function. `--grid` times the small
+test-grid shapes, where per-call overhead decides. `--model` times whole models (training and inference
+img/s) once per backend.
 """
 
 from __future__ import annotations
