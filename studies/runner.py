@@ -12,8 +12,8 @@ retried from its last checkpoint, and the total number of trials is capped acros
 
 from __future__ import annotations
 
+import gc
 import hashlib
-import itertools
 import json
 import os
 import socket
@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import optuna
-from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from hybridlab import __version__
@@ -34,13 +33,10 @@ from hybridlab.urls import mask_password
 from search_space.space import Candidate
 from studies.config import StudyConfig
 from studies.devlock import DeviceLock
+from studies.loop import TrialFailure, claim_next, fail_stale, run_trial, wait_for_others
 from studies.storage import default_storage_url, open_storage, retry_trial, storage_error
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-
-
-class TrialFailure(HybridlabError):
-    """A trial that failed for a reason worth recording (NaN loss, OOM, bad candidate); the study goes on."""
 
 
 @dataclass
@@ -82,18 +78,18 @@ class StudyRunner:
     def _open(self) -> optuna.Study:
         _ensure_folder(self.folder)
         storage = open_storage(self.storage_url)
+        created = True
         try:
-            study = optuna.create_study(
-                study_name=self.config.name,
-                storage=storage,
-                directions=self.config.directions,
-                sampler=self._sampler(),
-                load_if_exists=True,
-            )
+            try:
+                study = optuna.create_study(
+                    study_name=self.config.name, storage=storage, directions=self.config.directions,
+                    sampler=self._sampler(), load_if_exists=False,
+                )
+            except optuna.exceptions.DuplicatedStudyError:
+                created = False
+                study = optuna.load_study(study_name=self.config.name, storage=storage, sampler=self._sampler())
         except HybridlabError:
             raise
-        except ValueError as exc:
-            raise HybridlabError(f"study {self.config.name!r} in {self.shown_url}: {exc}") from None
         except Exception as exc:
             raise storage_error(exc, self.storage_url) from None
         existing = [d.name.lower() for d in study.directions]
@@ -102,18 +98,21 @@ class StudyRunner:
                 f"study {self.config.name!r} already exists in {self.shown_url} with directions {existing}, "
                 f"but the study file asks for {self.config.directions}; use another name (--set name=...)"
             )
-        if study.metric_names is None:
-            study.set_metric_names(self.config.metric_names)
         self.study = study
+        if created:
+            study.set_metric_names(self.config.metric_names)
+            self._plan(study)
+        else:
+            self._wait_for_plan(study)
+            self._plan(study)  # a larger target (--n-trials or the study file) extends the plan
         self._write_files()
         return study
 
     def _sampler(self) -> optuna.samplers.BaseSampler:
+        """Grid cells are all queued up front, so a grid study only needs a sampler that is never asked."""
         cfg = self.config.sampler
         seed = cfg.get("seed", 0)
         name = cfg["name"]
-        if name == "grid":
-            return OrderedGridSampler({"candidate": list(self._grid_keys), "seed": list(self.config.seeds)}, seed=seed)
         if name == "tpe":
             return optuna.samplers.TPESampler(seed=seed, n_startup_trials=cfg.get("n_startup_trials", 5))
         if name == "nsga2":
@@ -121,6 +120,47 @@ class StudyRunner:
         if name == "gp":
             return optuna.samplers.GPSampler(seed=seed, n_startup_trials=cfg.get("n_startup_trials", 5))
         return optuna.samplers.RandomSampler(seed=seed)
+
+    # -- the plan: every trial is queued before any runs ---------------------------------------
+    def target_architectures(self) -> int:
+        """How many architectures the study trains (each once per seed)."""
+        if self.options.n_trials is not None:
+            target = self.options.n_trials
+        elif self.config.n_trials is not None:
+            target = self.config.n_trials
+        else:
+            target = len(self._grid_keys)
+        return min(target, len(self._grid_keys)) if self.candidates is not None else target
+
+    def _plan(self, study: optuna.Study) -> None:
+        """Queue the trials up to the target: grid cells in study-file order (x seeds), or sampling slots.
+
+        Only the process that created the study (or one asked for more trials) plans, so the number of
+        trials is exact however many workers run.
+        """
+        slots = {t.user_attrs["slot"] for t in study.get_trials(deepcopy=False) if "slot" in t.user_attrs}
+        target = self.target_architectures()
+        for slot in range(target):
+            if slot in slots:
+                continue
+            if self.candidates is not None:
+                key = list(self._grid_keys)[slot]
+                for seed in self.config.seeds:
+                    study.enqueue_trial({"candidate": key, "seed": seed}, user_attrs={"slot": slot, "seed": seed})
+            else:
+                study.enqueue_trial({}, user_attrs={"slot": slot, "seed": self.config.seeds[0]})
+        study.set_user_attr("planned_architectures", max(target, len(slots)))
+
+    def _wait_for_plan(self, study: optuna.Study, timeout_s: float = 120.0) -> None:
+        """A worker that joins a study just created elsewhere waits until its plan is queued."""
+        deadline = time.time() + timeout_s
+        while "planned_architectures" not in study.user_attrs:
+            if time.time() > deadline:
+                raise HybridlabError(
+                    f"study {self.config.name!r} in {self.shown_url} has no trial plan; was it created by "
+                    "another tool? Use a new study name"
+                )
+            time.sleep(0.5)
 
     def _write_files(self) -> None:
         _atomic_write(self.folder / "study.yaml", self.config.to_yaml())
@@ -146,49 +186,61 @@ class StudyRunner:
             profile["device"] = self.options.device
         return profile
 
-    # -- the budget -----------------------------------------------------------------------------
-    def target_trials(self) -> int:
-        if self.options.n_trials is not None:
-            return self.options.n_trials
-        if self.config.n_trials is not None:
-            return self.config.n_trials
-        return len(self._grid_keys) * len(self.config.seeds)
-
+    # -- the loop -----------------------------------------------------------------------------
     def run(self) -> optuna.Study:
         study = self.study or self.open()
-        recover_dead_local_trials(study, self.options.echo)
-        target = self.target_trials()
-        done = _count(study, FINISHED)
-        if done >= target:
-            self.options.echo(f"study {self.config.name}: {done} of {target} trials already finished; nothing to run")
-        else:
-            self.options.echo(
-                f"study {self.config.name}: {done} of {target} trials finished; storage {self.shown_url}"
-            )
-            failures = _FailureGuard(self.options.max_consecutive_failures)
-            try:
-                study.optimize(
-                    self.objective,
-                    n_trials=None,
-                    catch=(TrialFailure,),
-                    callbacks=[MaxTrialsCallback(target, states=FINISHED), self._after_trial, failures],
-                    gc_after_trial=True,
-                )
-            except HybridlabError:
-                self._write_table()
-                raise
-            except Exception as exc:
-                self._write_table()
-                if _is_storage_exception(exc):
-                    raise storage_error(exc, self.storage_url) from None
-                raise
-            if failures.tripped:
-                self._write_table()
-                raise HybridlabError(
-                    f"stopped after {failures.limit} failed trials in a row; last: {failures.last_reason}"
-                )
+        finished = _count(study, FINISHED)
+        queued = _count(study, (TrialState.WAITING,))
+        self.options.echo(
+            f"study {self.config.name}: {finished} trials finished, {queued} to run; storage {self.shown_url}"
+        )
+        failures = _FailureGuard(self.options.max_consecutive_failures)
+        try:
+            while not failures.tripped:
+                self._recover(study)
+                trial = claim_next(study)
+                if trial is None:
+                    if wait_for_others(study, poll_s=2.0, tick=lambda: self._recover(study)):
+                        continue
+                    break
+                try:
+                    frozen = run_trial(study, trial, self.objective, self._error_log)
+                except (KeyboardInterrupt, SystemExit):
+                    retry_trial(study, study._storage.get_trial(trial._trial_id))
+                    self._write_table()
+                    raise
+                self._enqueue_other_seeds(study, frozen)
+                failures(frozen)
+                self._after_trial(study, frozen)
+                gc.collect()
+        except HybridlabError:
+            self._write_table()
+            raise
+        except Exception as exc:
+            self._write_table()
+            if _is_storage_exception(exc):
+                raise storage_error(exc, self.storage_url) from None
+            raise
         self._write_table()
+        if failures.tripped:
+            raise HybridlabError(f"stopped after {failures.limit} failed trials in a row; last: {failures.last_reason}")
         return study
+
+    def _recover(self, study: optuna.Study) -> None:
+        fail_stale(study)
+        recover_dead_local_trials(study, self.options.echo)
+
+    def _error_log(self, number: int) -> Path:
+        return self.folder / "trials" / str(number) / "error.log"
+
+    def _enqueue_other_seeds(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        """A sampled architecture is trained with every seed: queue the other seeds with the same params."""
+        if self.candidates is not None or "slot" not in trial.user_attrs or "retry_of" in trial.user_attrs:
+            return
+        if trial.state == TrialState.FAIL or "seed_of" in trial.user_attrs:
+            return
+        for seed in self.config.seeds[1:]:
+            study.enqueue_trial(trial.params, user_attrs={"seed": seed, "seed_of": trial.number})
 
     # -- one trial ------------------------------------------------------------------------------
     def objective(self, trial: optuna.Trial) -> tuple[float, ...] | float:
@@ -236,12 +288,7 @@ class StudyRunner:
             seed = int(trial.suggest_categorical("seed", list(self.config.seeds)))
             return self._grid_keys[key], seed
         cand = self.config.space.suggest(trial)
-        if "seed" in trial.user_attrs:
-            return cand, int(trial.user_attrs["seed"])
-        seed = self.config.seeds[0]
-        for extra in self.config.seeds[1:]:  # every architecture is trained with every seed
-            trial.study.enqueue_trial(trial.params, user_attrs={"seed": extra}, skip_if_exists=False)
-        return cand, seed
+        return cand, int(trial.user_attrs.get("seed", self.config.seeds[0]))
 
     def _fidelity(self) -> str:
         """What besides the architecture and seed decides a result: data, recipe, image size."""
@@ -389,21 +436,8 @@ class StudyRunner:
 
 # -- helpers shared with the worker --------------------------------------------------------------
 
-class OrderedGridSampler(optuna.samplers.GridSampler):
-    """Optuna's grid sampler, visiting cells in the study file's order (candidate-major, then seed).
-
-    Optuna shuffles the grid; for an ablation the order of the study file reads better in logs and
-    tables. Trial k still gets cell k, so several workers never pick the same cell.
-    """
-
-    def __init__(self, search_space: dict[str, list[Any]], seed: int | None = None) -> None:
-        super().__init__(search_space, seed=seed)
-        if hasattr(self, "_all_grids") and hasattr(self, "_search_space"):
-            self._all_grids = list(itertools.product(*self._search_space.values()))
-
-
 class _FailureGuard:
-    """Stops the study after `limit` failed trials in a row: a systematic error should not loop forever."""
+    """Trips after `limit` failed trials in a row: a systematic error should not burn the whole plan."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -411,13 +445,11 @@ class _FailureGuard:
         self.tripped = False
         self.last_reason = ""
 
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+    def __call__(self, trial: FrozenTrial) -> None:
         if trial.state == TrialState.FAIL:
             self.count += 1
             self.last_reason = trial.user_attrs.get("fail_reason", "see the log above")
-            if self.count >= self.limit:
-                self.tripped = True
-                study.stop()
+            self.tripped = self.count >= self.limit
         else:
             self.count = 0
 
