@@ -468,11 +468,12 @@ def recover_dead_local_trials(study: optuna.Study, echo: Callable[[str], None] =
         name, _, pid = worker.rpartition(":")
         if name != host or not pid.isdigit() or _alive(int(pid)):
             continue
-        try:
-            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        except Exception:  # another worker got there first
+        try:  # the reason first: a finished trial takes no more attributes
+            study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", f"worker {worker} died")
+            if not study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:  # another worker got there first
             continue
-        study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", f"worker {worker} died")
         retry_trial(study, study._storage.get_trial(trial._trial_id))
         recovered.append(trial.number)
         echo(f"[trial {trial.number}] its worker {worker} is gone: marked failed and queued for a retry")
