@@ -33,7 +33,7 @@ OFFICIAL_IGNORED = frozenset(
 )
 _SETTINGS = (
     "dim", "in_dim", "num_heads", "window_size", "mlp_ratio", "drop_path_rate", "layer_scale",
-    "layer_scale_conv", "num_classes", "in_chans", "stem_stride", "dims",
+    "layer_scale_conv", "num_classes", "in_chans", "stem_stride", "dims", "init",
 )  # fmt: skip
 
 
@@ -141,6 +141,7 @@ class HybridNet(nn.Module):
         stem_stride: int = 4,
         dims: Sequence[int] | None = None,
         depths: Sequence[int] | None = None,
+        init: str = "official",
         **ignored_like_official: Any,
     ) -> None:
         super().__init__()
@@ -148,7 +149,7 @@ class HybridNet(nn.Module):
         given = dict(
             dim=dim, in_dim=in_dim, num_heads=num_heads, window_size=window_size, mlp_ratio=mlp_ratio,
             drop_path_rate=drop_path_rate, layer_scale=layer_scale, layer_scale_conv=layer_scale_conv,
-            num_classes=num_classes, in_chans=in_chans, stem_stride=stem_stride, dims=dims,
+            num_classes=num_classes, in_chans=in_chans, stem_stride=stem_stride, dims=dims, init=init,
         )  # fmt: skip
         spec = _resolve_spec(spec, pattern, depths, given)
         self.spec = spec
@@ -197,7 +198,8 @@ class HybridNet(nn.Module):
         self.feature_info = [
             dict(num_chs=d, reduction=spec.stem_stride * 2**i, module=f"levels.{i}") for i, d in enumerate(stage_dims)
         ]
-        self.apply(self._init_weights)
+        if spec.init == "official":
+            self.apply(self._init_weights)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:

@@ -30,7 +30,7 @@ from search_space.families import FAMILIES, get_family, stage_layout
 SECTIONS = ("layout", "free", "variants", "options", "model")
 LAYOUT_KEYS = ("stages", "family", "per_stage", "n_attn", "depths", "mixer", "attention", "random_seeds")
 FREE_KEYS = ("stages", "symbols", "depths")
-MODEL_CHOICE_KEYS = ("dim", "in_dim", "mlp_ratio", "drop_path_rate", "layer_scale", "num_heads", "window_size", "dims")
+MODEL_CHOICE_KEYS = ("dim", "in_dim", "mlp_ratio", "drop_path_rate", "layer_scale", "num_heads", "window_size", "dims", "init")
 
 
 @dataclass(frozen=True)
@@ -42,9 +42,24 @@ class Candidate:
     label: str
     family: str
 
+    is_baseline = False
+
     @property
     def arch_hash(self) -> str:
         return self.spec.arch_hash()
+
+    @property
+    def pattern(self) -> str:
+        return self.spec.pattern
+
+    def settings(self) -> dict[str, Any]:
+        return self.spec.to_dict()
+
+    def build(self):
+        return self.spec.build()
+
+    def measure_target(self) -> tuple[Any, dict[str, Any]]:
+        return self.spec, {}
 
 
 @dataclass

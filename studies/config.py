@@ -18,11 +18,12 @@ from blocks.spec import ModelSpec
 from hybridlab.errors import ConfigError, HybridlabError
 from search_space.constraints import Constraints
 from search_space.space import SearchSpace
+from studies.baselines import parse_baseline
 
 BUILTIN_DIR = Path(__file__).resolve().parent
 TOP_KEYS = (
     "name", "description", "data", "model", "search_space", "train", "measure", "objectives", "sampler",
-    "n_trials", "seeds", "constraints", "storage", "ablation", "devices",
+    "n_trials", "seeds", "constraints", "storage", "ablation", "devices", "baselines",
 )
 SAMPLERS = ("grid", "tpe", "nsga2", "gp", "random")
 METRICS = {
@@ -68,6 +69,7 @@ class StudyConfig:
     storage: str | None
     ablation: dict[str, Any] | None
     devices: int
+    baselines: list[Any] = field(default_factory=list)  # studies.baselines.Baseline
     raw: dict[str, Any] = field(default_factory=dict)
     source: str = "<study>"
 
@@ -190,6 +192,8 @@ def _validate(data: dict[str, Any], source: str, check_data: bool) -> StudyConfi
         problems.append(f"storage: expected a URL string, got {storage!r}")
     ablation = attempt(lambda: _ablation(data.get("ablation"), space))
     devices = attempt(lambda: _optional_int(data.get("devices", 1), "devices", 1), 1)
+    entries = attempt(lambda: _mapping(data.get("baselines"), "baselines"), {}) if base else {}
+    baselines = [b for b in (attempt(lambda k=k, v=v: parse_baseline(k, v, base)) for k, v in entries.items()) if b]
     if space is not None and sampler.get("name") != "grid" and n_trials is None:
         problems.append("n_trials: required unless the sampler is 'grid'")
     if space is not None and sampler.get("name") == "grid" and space.size() > MAX_GRID:
@@ -201,7 +205,8 @@ def _validate(data: dict[str, Any], source: str, check_data: bool) -> StudyConfi
     return StudyConfig(
         name=name, description=description, data=data_cfg, model=base, space=space, recipe=recipe,
         measure=measure, objectives=objectives, sampler=sampler, n_trials=n_trials, seeds=seeds,
-        constraints=constraints, storage=storage, ablation=ablation, devices=devices, raw=data, source=source,
+        constraints=constraints, storage=storage, ablation=ablation, devices=devices, baselines=baselines, raw=data,
+        source=source,
     )
 
 

@@ -31,6 +31,7 @@ from hybridlab import __version__
 from hybridlab.errors import HybridlabError
 from hybridlab.urls import mask_password
 from search_space.space import Candidate
+from studies.baselines import Baseline
 from studies.config import StudyConfig
 from studies.devlock import DeviceLock
 from studies.loop import TrialFailure, claim_next, fail_stale, run_trial, wait_for_others
@@ -138,7 +139,14 @@ class StudyRunner:
         Only the process that created the study (or one asked for more trials) plans, so the number of
         trials is exact however many workers run.
         """
-        slots = {t.user_attrs["slot"] for t in study.get_trials(deepcopy=False) if "slot" in t.user_attrs}
+        trials = study.get_trials(deepcopy=False)
+        slots = {t.user_attrs["slot"] for t in trials if "slot" in t.user_attrs}
+        have = {t.user_attrs["baseline"] for t in trials if "baseline" in t.user_attrs}
+        for baseline in self.config.baselines:  # first, so the report has its references early
+            if baseline.label not in have:
+                for seed in self.config.seeds:
+                    study.enqueue_trial({"baseline": baseline.label, "seed": seed},
+                                        user_attrs={"baseline": baseline.label, "seed": seed})
         target = self.target_architectures()
         for slot in range(target):
             if slot in slots:
@@ -244,26 +252,25 @@ class StudyRunner:
 
     # -- one trial ------------------------------------------------------------------------------
     def objective(self, trial: optuna.Trial) -> tuple[float, ...] | float:
-        cand, seed = self._pick(trial)
-        spec = cand.spec
+        arch, seed = self._pick(trial)
         fidelity = self._fidelity()
         attrs = {
-            "pattern": spec.pattern,
-            "arch_hash": spec.arch_hash(),
-            "family": cand.family,
-            "label": cand.label,
+            "pattern": arch.pattern,
+            "arch_hash": arch.arch_hash,
+            "family": arch.family,
+            "label": arch.label,
             "seed": seed,
             "fidelity": fidelity,
             "worker": f"{socket.gethostname()}:{os.getpid()}",
-            "is_baseline": False,
-            "model": spec.to_dict(),
+            "is_baseline": arch.is_baseline,
+            "model": arch.settings(),
         }
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         prior = self._finished_twin(trial, attrs["arch_hash"], seed, fidelity)
         if prior is not None:
             return self._reuse(trial, prior)
-        figures = self._measure(spec, attrs["arch_hash"])
+        figures = self._measure(arch)
         for key, value in figures.items():
             trial.set_user_attr(key, value)
         violations = self._gate(trial, figures)
@@ -271,7 +278,7 @@ class StudyRunner:
             reason = "infeasible: " + "; ".join(violations)
             trial.set_user_attr("fail_reason", reason)
             raise optuna.TrialPruned(reason)
-        metrics = self._train(trial, spec, seed)
+        metrics = self._train(trial, arch, seed)
         for key, value in metrics.items():
             trial.set_user_attr(key, value)
         values = []
@@ -282,7 +289,12 @@ class StudyRunner:
             values.append(float(value))
         return values[0] if len(values) == 1 else tuple(values)
 
-    def _pick(self, trial: optuna.Trial) -> tuple[Candidate, int]:
+    def _pick(self, trial: optuna.Trial) -> tuple[Candidate | Baseline, int]:
+        """The architecture and seed of a trial: a baseline, a grid cell, or the sampler's suggestion."""
+        if "baseline" in trial.user_attrs:
+            label = trial.suggest_categorical("baseline", [b.label for b in self.config.baselines])
+            seed = int(trial.suggest_categorical("seed", list(self.config.seeds)))
+            return next(b for b in self.config.baselines if b.label == label), seed
         if self.candidates is not None:
             key = trial.suggest_categorical("candidate", list(self._grid_keys))
             seed = int(trial.suggest_categorical("seed", list(self.config.seeds)))
@@ -317,17 +329,18 @@ class StudyRunner:
         values = prior.values
         return values[0] if len(values) == 1 else tuple(values)
 
-    def _measure(self, spec, arch_hash: str) -> dict[str, Any]:
+    def _measure(self, arch: Candidate | Baseline) -> dict[str, Any]:
         """Figures from the cache, or measured while holding the device exclusively."""
         from hybridlab.measure import MeasureCache, MeasureProfile, measure, measure_key
 
         profile = MeasureProfile.from_dict(self._profile_dict())
         cache = MeasureCache(self.folder / "measure-cache")
-        key = measure_key(spec, profile)
+        target, settings = arch.measure_target()
+        key = measure_key(target, profile, **settings)
         record = cache.get(key)
         if record is None:
             with device_lock(profile.device, exclusive=True):
-                record = cache.get_or_measure(key, lambda: measure(spec, profile))
+                record = cache.get_or_measure(key, lambda: measure(target, profile, **settings))
         data = record.to_dict() if hasattr(record, "to_dict") else dict(record)
         keep = (
             "params", "macs", "flops", "throughput_img_s", "latency_ms", "latency_iqr_ms",
@@ -345,7 +358,7 @@ class StudyRunner:
             trial.set_constraint(name, value)
         return constraints.violated(figures)
 
-    def _train(self, trial: optuna.Trial, spec, seed: int) -> dict[str, Any]:
+    def _train(self, trial: optuna.Trial, arch: Candidate | Baseline, seed: int) -> dict[str, Any]:
         from studies.training import NonFiniteLossError, train_and_evaluate
 
         folder = self.folder / "trials" / str(trial.number)
@@ -354,7 +367,7 @@ class StudyRunner:
         if resume is not None:
             trial.set_user_attr("resumed_from", str(resume))
             self.options.echo(f"[trial {trial.number}] resuming from {resume}")
-        model = spec.build()
+        model = arch.build()
         datamodule = self._get_datamodule()
         try:
             with device_lock(self._train_device(), exclusive=False):

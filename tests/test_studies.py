@@ -319,3 +319,26 @@ def test_two_workers_share_one_study_and_run_exactly_n_trials(tmp_path, storage)
     cells = [(t.params["candidate"], t.params["seed"]) for t in trials]
     assert len(set(cells)) == 6
     assert all(t.values is not None and len(t.values) == 2 for t in trials)
+
+
+def test_baselines_are_trained_and_measured_in_the_same_study(tmp_path) -> None:
+    raw = tiny_raw(baselines={"conv_only": {"pattern": "C | C*2"}, "tiny_resnet": {"timm": "resnet10t", "kwargs": {}}})
+    raw["search_space"]["layout"]["family"] = ["attn_last_half"]
+    study, _ = run(raw, tmp_path)
+    rows = [(t.user_attrs["label"], t.user_attrs["is_baseline"], t.user_attrs["pattern"], t.state.name) for t in study.trials]
+    assert rows == [
+        ("conv_only", True, "C | C*2", "COMPLETE"),
+        ("tiny_resnet", True, "timm:resnet10t", "COMPLETE"),
+        ("attn_last_half", False, "C | M A", "COMPLETE"),
+    ]
+    assert study.trials[1].user_attrs["params"] > 1_000_000
+    table = pd.read_csv(tmp_path / "tiny" / "trials.csv")
+    assert table["is_baseline"].tolist() == [True, True, False]
+
+
+def test_bad_baselines_are_reported() -> None:
+    with pytest.raises(StudyConfigError) as info:
+        load_study_config("bad.yaml", raw=tiny_raw(baselines={"a": {"timm": "no_such_net"}, "b": {"pattern": "C | Q"}}))
+    text = str(info.value)
+    assert "baselines.a.timm: timm has no model 'no_such_net'" in text
+    assert "baselines.b.pattern: pattern error at col 5: unknown block 'Q'" in text
