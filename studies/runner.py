@@ -35,7 +35,7 @@ from studies.baselines import Baseline
 from studies.config import StudyConfig
 from studies.devlock import DeviceLock
 from studies.loop import TrialFailure, claim_next, fail_stale, run_trial, wait_for_others
-from studies.storage import default_storage_url, open_storage, retry_trial, storage_error
+from studies.storage import close_storage, default_storage_url, open_storage, retry_trial, storage_error
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -379,7 +379,7 @@ class StudyRunner:
                     seed=seed,
                     resume_from=resume,
                     progress_bar=self.options.progress and sys.stderr.isatty(),
-                    devices=self.config.devices,
+                    **self._trainer_devices(),
                 )
         except NonFiniteLossError as exc:
             trial.set_user_attr("fail_reason", str(exc))
@@ -391,7 +391,19 @@ class StudyRunner:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in metrics.items()}
 
     def _train_device(self) -> str:
-        return self.options.device or str(self.config.measure.get("device", "cpu"))
+        return self.options.device or str(self.config.measure.get("device", "auto"))
+
+    def _trainer_devices(self) -> dict[str, Any]:
+        """Lightning's accelerator/devices for this worker: its own GPU, or `devices` of them for DDP."""
+        device = self._train_device()
+        if device.startswith("cuda"):
+            index = device.split(":", 1)[1] if ":" in device else None
+            if self.config.devices == 1 and index is not None:
+                return {"accelerator": "gpu", "devices": [int(index)]}
+            return {"accelerator": "gpu", "devices": self.config.devices}
+        if device == "cpu":
+            return {"accelerator": "cpu", "devices": self.config.devices}
+        return {"accelerator": "auto", "devices": self.config.devices}
 
     def _resume_checkpoint(self, trial: optuna.Trial) -> Path | None:
         """The last checkpoint of the attempts this trial retries, most recent first."""
@@ -590,7 +602,11 @@ def run_study(config: StudyConfig, options: RunOptions | None = None) -> optuna.
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial comes from the runner
     runner = StudyRunner(config, options)
     started = time.time()
-    study = runner.run()
+    try:
+        study = runner.run()
+    finally:
+        if runner.study is not None:
+            close_storage(runner.study._storage)
     options.echo(f"study {config.name}: done in {time.time() - started:.0f} s; results in {runner.folder}")
     if options.report:
         from reports import build_report

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.storages import RDBStorage
@@ -115,7 +116,10 @@ def open_storage(
             raise StorageError(f"storage {shown} is not a SQLite database (corrupted or another file?)")
         if create and db.exists() and not os.access(db, os.W_OK):
             raise StorageError(f"storage {shown} is read-only; results could not be saved")
-    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    if url.startswith("sqlite"):  # how long to wait for another process's write lock before giving up
+        engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": float(os.environ.get("HYBRIDLAB_SQLITE_TIMEOUT", 60))}}
+    else:
+        engine_kwargs = {"pool_pre_ping": True}
     retry = functools.partial(retry_trial, max_retry=max_retry) if heartbeat_interval else None
     try:
         return RDBStorage(
@@ -128,6 +132,15 @@ def open_storage(
         )
     except Exception as exc:  # SQLAlchemy, driver and Optuna errors all become one line
         raise storage_error(exc, url) from None
+
+
+def close_storage(storage: optuna.storages.BaseStorage) -> None:
+    """Release database connections (and so file handles) an RDB storage holds; other storages hold none."""
+    backend = getattr(storage, "_backend", storage)  # Optuna wraps RDBStorage in a cache
+    engine = getattr(backend, "engine", None)
+    if engine is not None:
+        backend.remove_session()
+        engine.dispose()
 
 
 def _require_existing(url: str, shown: str) -> None:

@@ -254,7 +254,8 @@ class ClassificationModule(L.LightningModule):
             raise NonFiniteLossError(
                 f"training loss is {loss.detach().float().item()} at epoch {self.current_epoch} step "
                 f"{self.global_step} (batch {batch_idx}); lower the lr, set clip_grad or use precision 32-true")
-        self.log("train/loss", loss.detach(), on_step=False, on_epoch=True, batch_size=len(x))
+        self.log("train/loss", loss.detach(), on_step=False, on_epoch=True, batch_size=len(x),
+                 sync_dist=self.trainer.world_size > 1)
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -353,6 +354,23 @@ def make_trainer(recipe: TrainRecipe, root_dir: str | Path, callbacks: Sequence[
         **optional)
 
 
+def _progress(trainer: L.Trainer, last: Path, strategy: str) -> dict[str, int]:
+    """Completed epochs and steps. After ddp_spawn this process's trainer did not run the loop, so the
+    counters come from the last checkpoint rank 0 wrote."""
+    if strategy == "ddp_spawn" and last.is_file():
+        ckpt = torch.load(last, map_location="cpu", weights_only=True)
+        return {"epochs": int(ckpt["epoch"]) + 1, "global_step": int(ckpt["global_step"])}
+    return {"epochs": int(trainer.current_epoch), "global_step": int(trainer.global_step)}
+
+
+def _device_count(devices: int | str | Sequence[int]) -> int:
+    if isinstance(devices, (list, tuple)):
+        return len(devices)
+    if isinstance(devices, str):
+        return len([d for d in devices.split(",") if d.strip()]) if "," in devices else (int(devices) if devices.isdigit() else 1)
+    return int(devices)
+
+
 def _resume_path(resume_from: str | Path | None, root: Path) -> str | None:
     """"last" (or "auto") picks root/last.ckpt when it exists; an explicit path must exist."""
     if resume_from is None:
@@ -402,8 +420,11 @@ def train_and_evaluate(model: nn.Module, datamodule: L.LightningDataModule, reci
     with warnings.catch_warnings():
         for pattern in _NOISY_WARNINGS:
             warnings.filterwarnings("ignore", message=pattern)
+        # Several devices: ddp_spawn, so this process keeps the trial (its sampled parameters and the built model
+        # are shipped to every rank) instead of re-launching the whole study once per rank as plain ddp would.
+        strategy = "ddp_spawn" if _device_count(devices) > 1 else "auto"
         trainer = make_trainer(recipe, root, callbacks=callbacks, logger=logger, progress_bar=progress_bar,
-                               devices=devices, accelerator=accelerator, deterministic=deterministic,
+                               devices=devices, accelerator=accelerator, deterministic=deterministic, strategy=strategy,
                                max_time=max_time)
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         metrics = dict(trainer.callback_metrics)
@@ -420,8 +441,7 @@ def train_and_evaluate(model: nn.Module, datamodule: L.LightningDataModule, reci
         "top5": _metric(metrics, "val/top5"),
         "val_loss": _metric(metrics, "val/loss"),
         "best_top1": float(best_score) if best_score is not None else _metric(metrics, "val/top1"),
-        "epochs": int(trainer.current_epoch),
-        "global_step": int(trainer.global_step),
+        **_progress(trainer, last, strategy),
         "train_time_s": elapsed,
         "best_ckpt": (ckpt_cb.best_model_path or None) if ckpt_cb is not None else None,
         "last_ckpt": str(last) if last.is_file() else None,
