@@ -21,6 +21,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="hybridlab",
         description="Hybrid Mamba/Transformer/CNN vision backbones: patterns, measurements, studies, reports.",
     )
+    parser.add_argument(
+        "--import", dest="imports", action="append", default=[], metavar="MODULE",
+        help="import a Python module first, e.g. one that registers your own blocks (repeatable)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         try:
@@ -33,6 +37,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def import_modules(names: Sequence[str], where: str = "--import") -> None:
+    """Import user modules (their `register_block` calls run on import); one line if one is missing."""
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            raise HybridlabError(f"{where}: cannot import {name!r}: {exc} (is it on PYTHONPATH?)") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -40,6 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0 if args.command is None else 2
     try:
+        import_modules(args.imports)
         return int(args.func(args) or 0)
     except HybridlabError as exc:
         for line in str(exc).splitlines() or [type(exc).__name__]:  # a study file may have several problems

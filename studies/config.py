@@ -23,7 +23,7 @@ from studies.baselines import parse_baseline
 BUILTIN_DIR = Path(__file__).resolve().parent
 TOP_KEYS = (
     "name", "description", "data", "model", "search_space", "train", "measure", "objectives", "sampler",
-    "n_trials", "seeds", "constraints", "storage", "ablation", "devices", "baselines",
+    "n_trials", "seeds", "constraints", "storage", "ablation", "devices", "baselines", "imports",
 )
 SAMPLERS = ("grid", "tpe", "nsga2", "gp", "random")
 METRICS = {
@@ -172,6 +172,7 @@ def _validate(data: dict[str, Any], source: str, check_data: bool) -> StudyConfi
             problems.append(str(exc))
         return default
 
+    attempt(lambda: _imports(data.get("imports")))  # user blocks must be registered before patterns parse
     for key in data:
         if key not in TOP_KEYS:
             problems.append(f"unknown key {key!r} (known: {', '.join(TOP_KEYS)})")
@@ -208,6 +209,15 @@ def _validate(data: dict[str, Any], source: str, check_data: bool) -> StudyConfi
         constraints=constraints, storage=storage, ablation=ablation, devices=devices, baselines=baselines, raw=data,
         source=source,
     )
+
+
+def _imports(value: Any) -> None:
+    from hybridlab.cli import import_modules
+
+    names = value if isinstance(value, list) else ([] if value is None else [value])
+    if not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"expected module names, got {value!r}", "imports")
+    import_modules(names, where="imports")
 
 
 def _name(value: Any) -> str:
