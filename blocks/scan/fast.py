@@ -1,8 +1,10 @@
-"""The `fast` backend: the chunked core of `blocks.scan.chunked` plus bias, softplus, D skip and z gating,
+"""The `fast` backend: the blocked core of `blocks.scan.blocked` plus bias, softplus, D skip and z gating,
 with one hand-written backward for all of it.
 
-The whole backward is explicit (no autograd inside), so the same code also serves the FLOP-counting custom
-op, whose implementation runs below autograd.
+The glue around the core is written so that every (B, D, L) pass it needs anyway also moves data into or
+out of the core's blocked layout (softplus writes delta blocked, the D skip reads y blocked, ...): the
+transpositions cost no passes of their own. The whole backward is explicit (no autograd inside), so the
+same code also serves the FLOP-counting custom op, whose implementation runs below autograd.
 """
 
 from __future__ import annotations
@@ -14,11 +16,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from blocks.scan._common import compute_dtype
-from blocks.scan.chunked import scan_backward, scan_forward
+from blocks.scan.blocked import Blocks, Operand, backward_core, copy_into, forward_core, plan
 from blocks.scan.reference import selective_scan_reference
 
-# Up to this many steps the plain loop (with autograd) is cheaper than the chunked machinery's fixed
-# per-call overhead (~40 small ops), so `fast` runs it (measured with `python -m blocks.bench_scan --grid`).
+# Up to this many steps the plain loop (with autograd) is cheaper than the blocked machinery's fixed
+# per-call overhead, so `fast` runs it (measured with `python -m blocks.bench_scan --grid`).
 SHORT_LENGTH = 4
 
 Grads = tuple[Optional[Tensor], ...]
@@ -30,6 +32,11 @@ def _prepare(u, delta, A, B, C, D, z, delta_bias):
     Bc = B.to(ct) if B.dim() != 3 else B.to(ct).unsqueeze(1)
     Cc = C.to(ct) if C.dim() != 3 else C.to(ct).unsqueeze(1)
     return ct, u.to(ct), A.to(ct), Bc, Cc
+
+
+def _layout(u: Tensor, A: Tensor) -> Blocks:
+    batch, dim, length = u.shape
+    return Blocks(batch, length, plan(batch, dim, length, A.shape[1]))
 
 
 def fast_forward(
@@ -44,29 +51,42 @@ def fast_forward(
     delta_softplus: bool,
     need_saved: bool,
 ):
-    """(out in u's dtype, last state in the compute dtype, (tensors, meta) for `fast_backward`)."""
+    """(out in u's dtype, last state in the compute dtype, (tensors, meta) for `fast_backward` or None)."""
     ct, uc, Ac, Bc, Cc = _prepare(u, delta, A, B, C, D, z, delta_bias)
+    dim = u.shape[1]
+    lay = _layout(uc, Ac)
     dr = delta.to(ct)
     if delta_bias is not None:
         dr = dr + delta_bias.to(ct)[:, None]
-    dt = F.softplus(dr) if delta_softplus else dr
-    y, last, (core, core_meta) = scan_forward(uc, dt, Ac, Bc, Cc, need_saved)
-    o1 = y if D is None else torch.addcmul(y, uc, D.to(ct)[:, None])
+    # delta and u blocked for the core; softplus runs on contiguous memory (on a permuted output view it
+    # measured 10x slower), then one copy moves it into the blocked layout
+    dl = lay.write(lay.empty(dim, uc), copy_into, F.softplus(dr) if delta_softplus else dr)
+    ub = lay.to_blocks(uc)
+    du = dl * ub
+    Bo, Co = Operand(Bc, dim, lay), Operand(Cc, dim, lay)
+    y, last, entries = forward_core(dl, du, Ac.t().contiguous(), Bo, Co, need_saved)
+    o1 = lay.from_blocks(y)
+    if D is not None:
+        o1.addcmul_(uc, D.to(ct)[:, None])
     out = o1 if z is None else o1 * F.silu(z.to(ct))
+    last = last.transpose(1, 2).contiguous()
     if not need_saved:
         return out.to(u.dtype), last, None
-    extra = ([dr] if delta_softplus else []) + ([o1] if z is not None else [])
-    return out.to(u.dtype), last, (extra + core, (delta_softplus, z is not None, core_meta))
+    saved = ([dr] if delta_softplus else []) + ([o1] if z is not None else []) + [dl, ub, du, entries]
+    return out.to(u.dtype), last, (saved, (delta_softplus, z is not None))
 
 
 def fast_backward(inputs, saved, meta, g_out: Optional[Tensor], g_last: Optional[Tensor]) -> Grads:
     """Gradients for inputs (u, delta, A, B, C, D, z, delta_bias) in their dtypes (None where an input is None)."""
     u, delta, A, B, C, D, z, delta_bias = inputs
-    softplus, gated, core_meta = meta
+    softplus, gated = meta
     ct, uc, Ac, Bc, Cc = _prepare(*inputs)
+    dim = u.shape[1]
+    lay = _layout(uc, Ac)
     saved = list(saved)
     dr = saved.pop(0) if softplus else None
     o1 = saved.pop(0) if gated else None
+    dl, ub, du, entries = saved
     g = torch.zeros_like(uc) if g_out is None else g_out.to(ct)
     g_z = None
     if z is not None:
@@ -75,17 +95,25 @@ def fast_backward(inputs, saved, meta, g_out: Optional[Tensor], g_last: Optional
         g_z = g * o1 * sig * (1 + zc * (1 - sig))  # d silu(z) = sig(z) (1 + z (1 - sig(z)))
         g = g * (zc * sig)
     g_D = None if D is None else (g * uc).sum((0, 2))
-    d_u, d_delta, d_A, d_B, d_C = scan_backward(uc, Ac, Bc, Cc, saved, core_meta, g, g_last)
+    dy = lay.to_blocks(g)
+    dlast = None if g_last is None else g_last.to(ct).transpose(1, 2)
+    Bo, Co = Operand(Bc, dim, lay), Operand(Cc, dim, lay)
+    d_dl, d_du, d_A = backward_core(dl, du, Ac.t().contiguous(), Bo, Co, entries, dy, dlast)
+    # du = delta * u: its gradient splits into delta's and u's, in the blocked layout (contiguous passes)
+    d_dl.addcmul_(d_du, ub)
+    d_u = lay.from_blocks(d_du.mul_(dl))
     if D is not None:
-        d_u = d_u.addcmul_(g, D.to(ct)[:, None])
+        d_u.addcmul_(g, D.to(ct)[:, None])
+    d_delta = lay.from_blocks(d_dl)
     if dr is not None:
-        d_delta = d_delta.mul_(torch.sigmoid(dr))  # d softplus(x) = sigmoid(x)
+        d_delta.mul_(torch.sigmoid(dr))  # d softplus(x) = sigmoid(x)
     g_bias = None if delta_bias is None else d_delta.sum((0, 2))
+    d_B, d_C = Bo.grad(), Co.grad()
     if B.dim() == 3:
         d_B = d_B.squeeze(1)
     if C.dim() == 3:
         d_C = d_C.squeeze(1)
-    grads = (d_u, d_delta, d_A, d_B, d_C, g_D, g_z, g_bias)
+    grads = (d_u, d_delta, d_A.t(), d_B, d_C, g_D, g_z, g_bias)
     return tuple(None if gr is None else gr.to(x.dtype) for gr, x in zip(grads, inputs))
 
 
