@@ -32,7 +32,7 @@ from torch import Tensor
 
 # Elements of one (M, T, N, D) block buffer: 4 of them (plus small tensors) must fit the L2 caches of the
 # cores (2 x 2 MiB here); measured with `python -m blocks.bench_scan`.
-BLOCK_ELEMENTS = 1 << 18
+BLOCK_ELEMENTS = 1 << 19
 
 
 def plan(batch: int, dim: int, length: int, state: int) -> int:
@@ -63,7 +63,10 @@ class Blocks:
 
     def empty(self, x: int, like: Tensor) -> Tensor:
         """A blocked buffer (nb, M, T, X) whose padding steps are zero."""
-        buf = like.new_empty(self.nb, self.m, self.T, x)
+        return self.zero_padding(like.new_empty(self.nb, self.m, self.T, x))
+
+    def zero_padding(self, buf: Tensor) -> Tensor:
+        """Zero the padding steps of a blocked buffer (in place; returns it)."""
         if self.length % self.T:
             buf[-1, :, self.length % self.T :].zero_()
         return buf
@@ -110,6 +113,11 @@ class Blocks:
 def copy_into(src: Tensor, out: Tensor) -> Tensor:
     """`out.copy_(src)` in the `fn(*srcs, out=...)` form that `Blocks.write` and `Blocks.read` call."""
     return out.copy_(src)
+
+
+def addcmul_into(t1: Tensor, t2: Tensor, out: Tensor) -> Tensor:
+    """`out += t1 * t2` in the `fn(*srcs, out=...)` form."""
+    return out.addcmul_(t1, t2)
 
 
 class Operand:
@@ -195,13 +203,15 @@ def forward_core(dl: Tensor, du: Tensor, At: Tensor, Bo: Operand, Co: Operand, n
     nb, m, T, d = dl.shape
     n = At.shape[0]
     a = dl.new_empty(m, T, n, d)
-    h = dl.new_empty(m, T, n, d)
-    a_t, h_t = a.unbind(1), h.unbind(1)
+    a_t = a.unbind(1)
+    # without a backward two state buffers alternate, so the state entering a block is read in place
+    hbufs = [dl.new_empty(m, T, n, d) for _ in range(1 if need_saved else min(nb, 2))]
     y = torch.empty_like(dl)
-    # the state entering block j + 1 is entries[j]; without a backward one slab is reused
-    entries = dl.new_empty(nb - 1 if need_saved else min(nb - 1, 1), m, n, d)
+    entries = dl.new_empty(nb - 1 if need_saved else 0, m, n, d)  # the state entering block j + 1
     prev = None
     for j in range(nb):
+        h = hbufs[j % len(hbufs)]
+        h_t = h.unbind(1)
         torch.mul(dl[j].unsqueeze(2), At, out=a).exp_()
         Bo.expand(du[j], j, h)
         if prev is not None:
@@ -209,9 +219,10 @@ def forward_core(dl: Tensor, du: Tensor, At: Tensor, Bo: Operand, Co: Operand, n
         for t in range(1, T):
             h_t[t].addcmul_(a_t[t], h_t[t - 1])
         Co.contract(h, j, y[j])
-        if j + 1 < nb:
-            prev = entries[j] if need_saved else entries[0]
-            prev.copy_(h_t[T - 1])
+        if need_saved and j + 1 < nb:
+            prev = entries[j].copy_(h_t[T - 1])
+        else:
+            prev = h_t[T - 1]
     return y, h_t[T - 1], entries
 
 
@@ -228,10 +239,9 @@ def backward_core(dl: Tensor, du: Tensor, At: Tensor, Bo: Operand, Co: Operand, 
     g = dl.new_empty(m, T, n, d)
     a_t, h_t, g_t = a.unbind(1), h.unbind(1), g.unbind(1)
     acc = torch.zeros_like(a)
-    carry = dl.new_empty(m, n, d)  # a_s G_s at the first step s of the block after: reaches G at s - 1
-    have_carry = dlast is not None
-    if dlast is not None:
-        carry.copy_(dlast)
+    # a_s G_s at the first step s of the block after: the gradient reaching the state before s
+    carry = None if dlast is None else dlast.contiguous()
+    carry_buf = dl.new_empty(m, n, d)
     d_du = torch.empty_like(dl)
     d_dl = torch.empty_like(dl)
     ones = dl.new_ones(1, 1, n).expand(m * T, 1, n)
@@ -248,7 +258,7 @@ def backward_core(dl: Tensor, du: Tensor, At: Tensor, Bo: Operand, Co: Operand, 
         Co.add_grad(h, dy[j], j)
         # state gradients G_t = C_t dy_t + a_{t+1} G_{t+1}, last step first
         Co.expand(dy[j], j, g)
-        if have_carry:
+        if carry is not None:
             g_t[T - 1].add_(carry)
         for t in range(T - 1, 0, -1):
             g_t[t - 1].addcmul_(a_t[t], g_t[t])
@@ -257,8 +267,7 @@ def backward_core(dl: Tensor, du: Tensor, At: Tensor, Bo: Operand, Co: Operand, 
         # Q_t = G_t a_t h_{t-1}: the gradient of the exponent delta_t*A, element by element (into a)
         a.mul_(g)
         if prev is not None:
-            carry.copy_(a_t[0])
-            have_carry = True
+            carry = carry_buf.copy_(a_t[0])
             a_t[0].mul_(prev)
         else:
             a_t[0].zero_()

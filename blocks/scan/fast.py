@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from blocks.scan._common import compute_dtype
-from blocks.scan.blocked import Blocks, Operand, backward_core, copy_into, forward_core, plan
+from blocks.scan.blocked import Blocks, Operand, addcmul_into, backward_core, copy_into, forward_core, plan
 from blocks.scan.reference import selective_scan_reference
 
 # Up to this many steps the plain loop (with autograd) is cheaper than the blocked machinery's fixed
@@ -55,14 +55,15 @@ def fast_forward(
     ct, uc, Ac, Bc, Cc = _prepare(u, delta, A, B, C, D, z, delta_bias)
     dim = u.shape[1]
     lay = _layout(uc, Ac)
-    dr = delta.to(ct)
-    if delta_bias is not None:
-        dr = dr + delta_bias.to(ct)[:, None]
-    # delta and u blocked for the core; softplus runs on contiguous memory (on a permuted output view it
-    # measured 10x slower), then one copy moves it into the blocked layout
-    dl = lay.write(lay.empty(dim, uc), copy_into, F.softplus(dr) if delta_softplus else dr)
-    ub = lay.to_blocks(uc)
-    du = dl * ub
+    # delta (+ bias) and delta*u written straight into the core's blocked layout; softplus runs on the
+    # contiguous blocked buffer (on a permuted output view it measured 10x slower)
+    dr = lay.empty(dim, uc)
+    if delta_bias is None:
+        lay.write(dr, copy_into, delta.to(ct))
+    else:
+        lay.write(dr, torch.add, delta.to(ct), delta_bias.to(ct)[:, None, None])
+    dl = lay.zero_padding(F.softplus(dr)) if delta_softplus else dr
+    du = lay.write(lay.empty(dim, uc), torch.mul, dl, uc)
     Bo, Co = Operand(Bc, dim, lay), Operand(Cc, dim, lay)
     y, last, entries = forward_core(dl, du, Ac.t().contiguous(), Bo, Co, need_saved)
     o1 = lay.from_blocks(y)
@@ -72,7 +73,7 @@ def fast_forward(
     last = last.transpose(1, 2).contiguous()
     if not need_saved:
         return out.to(u.dtype), last, None
-    saved = ([dr] if delta_softplus else []) + ([o1] if z is not None else []) + [dl, ub, du, entries]
+    saved = ([dr] if delta_softplus else []) + ([o1] if z is not None else []) + [dl, du, entries]
     return out.to(u.dtype), last, (saved, (delta_softplus, z is not None))
 
 
@@ -86,7 +87,7 @@ def fast_backward(inputs, saved, meta, g_out: Optional[Tensor], g_last: Optional
     saved = list(saved)
     dr = saved.pop(0) if softplus else None
     o1 = saved.pop(0) if gated else None
-    dl, ub, du, entries = saved
+    dl, du, entries = saved
     g = torch.zeros_like(uc) if g_out is None else g_out.to(ct)
     g_z = None
     if z is not None:
@@ -99,14 +100,14 @@ def fast_backward(inputs, saved, meta, g_out: Optional[Tensor], g_last: Optional
     dlast = None if g_last is None else g_last.to(ct).transpose(1, 2)
     Bo, Co = Operand(Bc, dim, lay), Operand(Cc, dim, lay)
     d_dl, d_du, d_A = backward_core(dl, du, Ac.t().contiguous(), Bo, Co, entries, dy, dlast)
-    # du = delta * u: its gradient splits into delta's and u's, in the blocked layout (contiguous passes)
-    d_dl.addcmul_(d_du, ub)
+    # du = delta * u: its gradient splits into delta's (u read through the blocked view) and u's
+    lay.write(d_dl, addcmul_into, d_du, uc)
+    if dr is not None:
+        d_dl.mul_(torch.sigmoid(dr))  # d softplus(x) = sigmoid(x)
+    d_delta = lay.from_blocks(d_dl)
     d_u = lay.from_blocks(d_du.mul_(dl))
     if D is not None:
         d_u.addcmul_(g, D.to(ct)[:, None])
-    d_delta = lay.from_blocks(d_dl)
-    if dr is not None:
-        d_delta.mul_(torch.sigmoid(dr))  # d softplus(x) = sigmoid(x)
     g_bias = None if delta_bias is None else d_delta.sum((0, 2))
     d_B, d_C = Bo.grad(), Co.grad()
     if B.dim() == 3:
