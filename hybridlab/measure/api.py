@@ -351,8 +351,7 @@ def _train(record: MeasureRecord, model: nn.Module, profile: MeasureProfile, dev
             with PeakMemory(device) as mem:
                 timing = time_windows(step, device, **_timing_kwargs(profile))
         finally:
-            opt.zero_grad(set_to_none=True)
-            del opt
+            opt.zero_grad(set_to_none=True)  # free the gradients before the next (smaller) attempt
         return timing, mem
 
     batch, (timing, mem) = with_oom_backoff(run, profile.batch_size, device, _backoff_recorder(record, "train"))
