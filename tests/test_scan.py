@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-import blocks.scan.chunked as chunked
+import blocks.scan.blocked as blocked
 import blocks.scan.fast as fast
 from blocks.scan import available_backends, resolve_backend, scan_backend, scan_flops, selective_scan
 from hybridlab.errors import ConfigError
@@ -206,10 +206,26 @@ def _backends_for(device: str) -> list[str]:
     return [name for name in available_backends(device) if name != "reference"]
 
 
+def small_blocks(monkeypatch, steps: int = 3) -> None:
+    """Make the blocked core cut time into blocks of about `steps` steps at every test shape, so that
+    several blocks, block boundaries and (where `steps` does not divide L) padding are exercised."""
+    real_plan = blocked.plan
+
+    def plan(batch, dim, length, state):
+        monkeypatch.setattr(blocked, "BLOCK_ELEMENTS", steps * batch * dim * state)
+        return real_plan(batch, dim, length, state)
+
+    monkeypatch.setattr(blocked, "plan", plan)
+    monkeypatch.setattr(fast, "plan", plan)
+
+
+@pytest.mark.parametrize("blocks", ["one block", "blocks of 3"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("case", PARITY, ids=lambda c: "b{}d{}l{}n{}-{}".format(*c[:5]))
-def test_backends_match_reference(case, dtype, monkeypatch):
-    monkeypatch.setattr(fast, "SHORT_LENGTH", 0)  # run the chunked core even for L=1 and L=4
+def test_backends_match_reference(case, dtype, blocks, monkeypatch):
+    monkeypatch.setattr(fast, "SHORT_LENGTH", 0)  # run the blocked core even for L=1 and L=4
+    if blocks == "blocks of 3":
+        small_blocks(monkeypatch)
     batch, dim, length, state, bc, with_D, with_z, with_bias, softplus, last = case
     args = make_inputs(batch, dim, length, state, bc, groups=2, dtype=dtype, seed=length,
                        with_D=with_D, with_z=with_z, with_bias=with_bias)
@@ -223,18 +239,54 @@ def test_backends_match_reference(case, dtype, monkeypatch):
             torch.testing.assert_close(g, w, **tol)
 
 
-def test_fast_sub_batches_and_chunk_layouts(monkeypatch):
-    """Force many sub-batches (a state budget of one row) across the chunk layouts: nc=1, T=1, padded T>1;
-    the chunked core also for the short sequences that `fast` normally hands to the plain loop."""
-    monkeypatch.setattr(chunked, "STATE_ELEMENTS", 1)
+def test_plan_block_lengths(monkeypatch):
+    monkeypatch.setattr(blocked, "BLOCK_ELEMENTS", 1 << 19)
+    assert blocked.plan(64, 160, 196, 8) == 4  # 6 steps fit; 4 is the largest divisor of 196 in [4, 6]
+    assert blocked.plan(64, 320, 49, 8) == 3  # 3 fit, no divisor of 49 in [2, 3]: padded to 51 steps
+    assert blocked.plan(8, 256, 196, 16) == 14  # 16 fit, 14 divides 196
+    assert blocked.plan(1, 8, 5, 1) == 5  # never longer than L
+    assert blocked.plan(4096, 4096, 10, 64) == 1  # a slab over the budget still makes blocks of 1 step
+
+
+@pytest.mark.parametrize("length,T", [(1, 1), (6, 3), (7, 3), (7, 7), (10, 4)])
+def test_blocked_layout_round_trip(length, T):
+    """(M, X, L) -> (nb, M, T, X) with zero padding -> back, and elementwise ops through the blocked view."""
+    lay = blocked.Blocks(3, length, T)
+    x = torch.randn(3, 5, length, generator=torch.Generator().manual_seed(length), dtype=torch.float64)
+    blk = lay.to_blocks(x)
+    assert blk.shape == (-(-length // T), 3, T, 5)
+    for t in range(length):
+        torch.testing.assert_close(blk[t // T, :, t % T, :], x[:, :, t], rtol=0, atol=0)
+    assert (blk[-1, :, length - (lay.nb - 1) * T :] == 0).all()  # padding steps are zero
+    assert torch.equal(lay.from_blocks(blk), x)
+    y = torch.randn_like(x)
+    prod = lay.write(lay.empty(5, x), torch.mul, blk, y)  # a blocked and an (M, X, L) source
+    torch.testing.assert_close(lay.from_blocks(prod), x * y, rtol=0, atol=0)
+    total = lay.read(torch.empty_like(x), torch.addcmul, blk, x, y)
+    torch.testing.assert_close(total, torch.addcmul(x, x, y), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 5])
+def test_fast_block_layouts(steps, monkeypatch):
+    """Every block layout (blocks of one step, divisors of L, padded last blocks, a single block) against the
+    reference in float64, for every B/C form, with and without the options, with and without autograd
+    (inference reuses two alternating state buffers instead of saving block-entry states)."""
     monkeypatch.setattr(fast, "SHORT_LENGTH", 0)
-    layouts = {1: (1, 1), 3: (3, 1), 9: (1, 9), 23: (2, 12), 33: (3, 11), 100: (4, 25)}  # length: (T, nc)
-    for length, (T, nc) in layouts.items():
-        assert chunked.plan(5, 6, length, 2) == (T, nc, 1)
+    small_blocks(monkeypatch, steps)
+    assert fast.plan(4, 6, 37, 2) == steps  # 37 is prime: blocks of `steps`, the last one padded
+    for length in (1, 3, 9, 23, 37):
         for bc in ("dn", "bnl", "bgnl"):
-            args = make_inputs(5, 6, length, 2, bc, groups=3, seed=length)
-            for got, want in zip(run(args, "fast"), run(args, "reference")):
-                torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+            for options in (True, False):
+                args = make_inputs(4, 6, length, 2, bc, groups=3, seed=length, with_D=options, with_z=options,
+                                   with_bias=options)
+                for got, want in zip(run(args, "fast", softplus=options), run(args, "reference", softplus=options)):
+                    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+                with torch.no_grad():
+                    out, last = selective_scan(*args, delta_softplus=options, return_last_state=True, backend="fast")
+                    ref_out, ref_last = selective_scan(*args, delta_softplus=options, return_last_state=True,
+                                                       backend="reference")
+                torch.testing.assert_close(out, ref_out, rtol=1e-9, atol=1e-9)
+                torch.testing.assert_close(last, ref_last, rtol=1e-9, atol=1e-9)
 
 
 def test_fast_no_grad_and_retain_graph():
@@ -273,6 +325,18 @@ def test_fast_gradcheck(bc, length, fast_mode):
     assert torch.autograd.gradcheck(f, tuple(args), fast_mode=fast_mode)
 
 
+@pytest.mark.parametrize("bc", ["bnl", "dn", "bgnl"])
+def test_fast_gradcheck_several_padded_blocks(bc, monkeypatch):
+    """Blocks of 3 steps over L=11 (4 blocks, the last one padded): gradients across block boundaries."""
+    small_blocks(monkeypatch)
+    args = leaf(make_inputs(2, 4, 11, 3, bc, groups=2, seed=12))
+
+    def f(*xs):
+        return selective_scan(*xs, delta_softplus=True, return_last_state=True, backend="fast")
+
+    assert torch.autograd.gradcheck(f, tuple(args), fast_mode=True)
+
+
 def test_fast_gradcheck_without_softplus_and_options():
     u, delta, A, B, C, _, _, _ = make_inputs(2, 3, 11, 2, seed=6)
     delta = delta.abs()
@@ -298,8 +362,11 @@ EXTREMES = {
 }
 
 
+@pytest.mark.parametrize("blocks", ["one block", "blocks of 3"])
 @pytest.mark.parametrize("name", list(EXTREMES))
-def test_extreme_values_stay_finite(name):
+def test_extreme_values_stay_finite(name, blocks, monkeypatch):
+    if blocks == "blocks of 3":
+        small_blocks(monkeypatch)
     pre_delta, a_value = EXTREMES[name]
     u, delta, A, B, C, D, z, bias = make_inputs(2, 4, 41, 3, seed=8)
     delta = pre_delta + 0.5 * delta  # spread around the extreme value
