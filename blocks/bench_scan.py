@@ -6,6 +6,11 @@ reference/fast. Ratios from one process are the figures to quote: the machines a
 absolute times move by several x between runs. The last line is
 `fwd+bwd speedup: X (L=196), Y (L=49)` (X = the smaller ratio of the two L=196 shapes).
 
+Each shape also gets a `passes` row: fast's times divided by the time of one elementwise pass over the
+B*L*N*D state volume made the way the fast core makes its passes (one `mul` into a reused cache-sized
+block buffer per block of time steps). The core needs about 5 such passes forward and 14 backward plus
+per-op overhead and the (B, D, L) glue, so that row shows how close fast is to what bounds it.
+
 `--indexing-ref` adds the loop indexed step by step as mamba-ssm's `selective_scan_ref` writes it (same
 values, O(L^2) backward) for comparison with figures quoted against that function. `--grid` times the small
 test-grid shapes, where per-call overhead decides. `--model` times whole models (training and inference
@@ -22,6 +27,7 @@ from typing import Callable
 import torch
 
 from blocks.scan import scan_backend, selective_scan
+from blocks.scan.blocked import Blocks, plan
 
 # (name, batch*windows, dim, length, state)
 SHAPES = [
@@ -82,6 +88,22 @@ def scan_inputs(batch: int, dim: int, length: int, state: int, seed: int = 0) ->
     return [t.requires_grad_() for t in (u, delta, A, B, C, D, bias)]
 
 
+def one_pass(batch: int, dim: int, length: int, state: int) -> Callable[[], None]:
+    """One elementwise pass over the (B, L, N, D) state volume as the fast core makes them: delta (x) A
+    written into a reused (B, T, N, D) block buffer, block after block."""
+    T = plan(batch, dim, length, state)
+    g = torch.Generator().manual_seed(0)
+    dl = torch.rand(Blocks(batch, length, T).nb, batch, T, dim, generator=g)
+    At = -torch.rand(state, dim, generator=g)
+    buf = torch.empty(batch, T, state, dim)
+
+    def run() -> None:
+        for blk in dl:
+            torch.mul(blk.unsqueeze(2), At, out=buf)
+
+    return run
+
+
 def bench_scan(repeat: int, warmup: int, with_indexing: bool = False) -> None:
     ratios: dict[str, float] = {}
     print(f"{'shape':<26}{'backend':<11}{'fwd ms':>10}{'fwd+bwd ms':>13}")
@@ -106,6 +128,7 @@ def bench_scan(repeat: int, warmup: int, with_indexing: bool = False) -> None:
 
             fns[f"{backend} fwd"] = fwd
             fns[f"{backend} fwd+bwd"] = fwd_bwd
+        fns["pass"] = one_pass(batch, dim, length, state)
         ms = interleaved_ms(fns, repeat, warmup)
         for backend in rows:
             print(f"{name:<26}{backend:<11}{ms[backend + ' fwd']:>10.1f}{ms[backend + ' fwd+bwd']:>13.1f}")
@@ -114,6 +137,8 @@ def bench_scan(repeat: int, warmup: int, with_indexing: bool = False) -> None:
             r_fb = ms[f"{base} fwd+bwd"] / ms["fast fwd+bwd"]
             label = "ref/fast" if base == "reference" else "idx/fast"
             print(f"{name:<26}{label:<11}{r_fwd:>9.1f}x{r_fb:>12.1f}x", flush=True)
+        p_fwd, p_fb = ms["fast fwd"] / ms["pass"], ms["fast fwd+bwd"] / ms["pass"]
+        print(f"{name:<26}{'passes':<11}{p_fwd:>10.1f}{p_fb:>13.1f}   (1 pass = {ms['pass']:.2f} ms)", flush=True)
         ratios[name] = ms["reference fwd+bwd"] / ms["fast fwd+bwd"]
     x = min(ratios[n] for n, _, _, length, _ in SHAPES if length == 196)
     y = min(ratios[n] for n, _, _, length, _ in SHAPES if length == 49)

@@ -239,13 +239,17 @@ def backward_core(dl: Tensor, du: Tensor, At: Tensor, Bo: Operand, Co: Operand, 
     g = dl.new_empty(m, T, n, d)
     a_t, h_t, g_t = a.unbind(1), h.unbind(1), g.unbind(1)
     acc = torch.zeros_like(a)
-    # a_s G_s at the first step s of the block after: the gradient reaching the state before s
+    # a_s G_s at the first step s of the block after (the gradient reaching the state before s); it is
+    # slab 0 of `a` as the previous iteration left it, consumed before `a` is recomputed
     carry = None if dlast is None else dlast.contiguous()
-    carry_buf = dl.new_empty(m, n, d)
     d_du = torch.empty_like(dl)
     d_dl = torch.empty_like(dl)
     ones = dl.new_ones(1, 1, n).expand(m * T, 1, n)
     for j in range(nb - 1, -1, -1):
+        # state-gradient seeds C_t dy_t, plus the gradient arriving from the block after
+        Co.expand(dy[j], j, g)
+        if carry is not None:
+            g_t[T - 1].add_(carry)
         dlb = dl[j].unsqueeze(2)
         torch.mul(dlb, At, out=a).exp_()
         # the block's states again, from the state entering it
@@ -257,22 +261,19 @@ def backward_core(dl: Tensor, du: Tensor, At: Tensor, Bo: Operand, Co: Operand, 
             h_t[t].addcmul_(a_t[t], h_t[t - 1])
         Co.add_grad(h, dy[j], j)
         # state gradients G_t = C_t dy_t + a_{t+1} G_{t+1}, last step first
-        Co.expand(dy[j], j, g)
-        if carry is not None:
-            g_t[T - 1].add_(carry)
         for t in range(T - 1, 0, -1):
             g_t[t - 1].addcmul_(a_t[t], g_t[t])
         Bo.contract(g, j, d_du[j])
         Bo.add_grad(g, du[j], j)
-        # Q_t = G_t a_t h_{t-1}: the gradient of the exponent delta_t*A, element by element (into a)
+        # Q_t = a_t G_t h_{t-1}: the gradient of the exponent delta_t*A, element by element (into g)
         a.mul_(g)
-        if prev is not None:
-            carry = carry_buf.copy_(a_t[0])
-            a_t[0].mul_(prev)
-        else:
-            a_t[0].zero_()
+        carry = a_t[0]
         if T > 1:
-            a[:, 1:].mul_(h[:, : T - 1])
-        acc.addcmul_(a, dlb)
-        torch.bmm(ones, a.mul_(At).view(m * T, n, d), out=d_dl[j].view(m * T, 1, d))
+            torch.mul(a[:, 1:], h[:, : T - 1], out=g[:, 1:])
+        if prev is not None:
+            torch.mul(a_t[0], prev, out=g_t[0])
+        else:
+            g_t[0].zero_()
+        acc.addcmul_(g, dlb)
+        torch.bmm(ones, g.mul_(At).view(m * T, n, d), out=d_dl[j].view(m * T, 1, d))
     return d_dl, d_du, acc.sum((0, 1))
