@@ -9,8 +9,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import blocks.scan.blocked as blocked
+import blocks.scan.compiled as compiled
 import blocks.scan.fast as fast
 from blocks.scan import available_backends, resolve_backend, scan_backend, scan_flops, selective_scan
+from blocks.scan.backends import describe_backend
 from hybridlab.errors import ConfigError
 
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
@@ -99,7 +101,7 @@ def test_reference_matches_scalar_loop(bc, softplus):
     torch.testing.assert_close(last, want_last, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("backend", ["reference", "fast"])
+@pytest.mark.parametrize("backend", ["reference", "blocked", "compiled", "fast"])
 def test_dtypes(backend):
     u, delta, A, B, C, D, z, bias = make_inputs(dtype=torch.float32, seed=2)
     out, last = selective_scan(u.half(), delta, A, B, C, D, backend=backend, return_last_state=True)
@@ -206,9 +208,15 @@ def _backends_for(device: str) -> list[str]:
     return [name for name in available_backends(device) if name != "reference"]
 
 
+# The two CPU implementations behind `fast`; tests that name one of them run it whatever `fast` picks.
+IMPLEMENTATIONS = ["blocked", "compiled"]
+
+
 def small_blocks(monkeypatch, steps: int = 3) -> None:
-    """Make the blocked core cut time into blocks of about `steps` steps at every test shape, so that
-    several blocks, block boundaries and (where `steps` does not divide L) padding are exercised."""
+    """Make both cores cut time into blocks of about `steps` steps at every test shape, so that several
+    blocks, block boundaries and (where `steps` does not divide L) padding are exercised: the blocked core's
+    buffers, and the compiled kernel's backward blocks (it saves the state entering each)."""
+    monkeypatch.setattr(compiled, "STEPS", steps)
     real_plan = blocked.plan
 
     def plan(batch, dim, length, state):
@@ -267,7 +275,7 @@ def test_blocked_layout_round_trip(length, T):
 
 
 @pytest.mark.parametrize("steps", [1, 2, 3, 5])
-def test_fast_block_layouts(steps, monkeypatch):
+def test_blocked_block_layouts(steps, monkeypatch):
     """Every block layout (blocks of one step, divisors of L, padded last blocks, a single block) against the
     reference in float64, for every B/C form, with and without the options, with and without autograd
     (inference reuses two alternating state buffers instead of saving block-entry states)."""
@@ -279,71 +287,188 @@ def test_fast_block_layouts(steps, monkeypatch):
             for options in (True, False):
                 args = make_inputs(4, 6, length, 2, bc, groups=3, seed=length, with_D=options, with_z=options,
                                    with_bias=options)
-                for got, want in zip(run(args, "fast", softplus=options), run(args, "reference", softplus=options)):
+                for got, want in zip(run(args, "blocked", softplus=options), run(args, "reference", softplus=options)):
                     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
                 with torch.no_grad():
-                    out, last = selective_scan(*args, delta_softplus=options, return_last_state=True, backend="fast")
+                    out, last = selective_scan(*args, delta_softplus=options, return_last_state=True, backend="blocked")
                     ref_out, ref_last = selective_scan(*args, delta_softplus=options, return_last_state=True,
                                                        backend="reference")
                 torch.testing.assert_close(out, ref_out, rtol=1e-9, atol=1e-9)
                 torch.testing.assert_close(last, ref_last, rtol=1e-9, atol=1e-9)
 
 
-def test_fast_no_grad_and_retain_graph():
+@pytest.mark.parametrize("backend", IMPLEMENTATIONS)
+def test_no_grad_and_retain_graph(backend):
     args = leaf(make_inputs(2, 4, 23, 3, seed=3))
-    out = selective_scan(*args, delta_softplus=True, backend="fast")
+    out = selective_scan(*args, delta_softplus=True, backend=backend)
     with torch.no_grad():
-        again = selective_scan(*args, delta_softplus=True, backend="fast")
+        again = selective_scan(*args, delta_softplus=True, backend=backend)
     assert torch.equal(out.detach(), again)
     g1 = torch.autograd.grad(out.sum(), args[0], retain_graph=True)[0]
     g2 = torch.autograd.grad(out.sum(), args[0])[0]
     assert torch.equal(g1, g2)
 
 
-def test_fast_sees_in_place_changes_of_inputs():
+@pytest.mark.parametrize("backend", IMPLEMENTATIONS)
+def test_sees_in_place_changes_of_inputs(backend):
     args = leaf(make_inputs(2, 4, 9, 3, seed=4))
     u = args[0] * 1.0
-    out = selective_scan(u, *args[1:], backend="fast")
+    out = selective_scan(u, *args[1:], backend=backend)
     u.add_(1.0)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         out.sum().backward()
 
 
+# ---------------------------------------------------------------- the compiled kernel
+
+
+def test_compiled_kernel_builds_where_a_compiler_exists():
+    """Where a C compiler is on PATH (CI, these machines) `fast` must be the compiled kernel, not silently the
+    fallback: a broken build would otherwise only show up as slower studies."""
+    if compiled._compiler() is None:
+        pytest.skip("no C compiler here: fast runs blocked")
+    assert compiled.available(), compiled.status()
+    assert describe_backend("fast") == "fast:compiled"
+    assert "compiled" in available_backends("cpu")
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 5, 16])
+def test_compiled_blocks_groups_and_channel_chunks(steps, monkeypatch):
+    """Backward blocks of every length (1 step, divisors of L, a short last block, one block), B/C groups,
+    and channels cut into several chunks per group (16 + 4 of a group of 20), against the reference in float64."""
+    monkeypatch.setattr(compiled, "STEPS", steps)
+    monkeypatch.setattr(compiled, "SLAB", 16 * 2)  # state 2: chunks of 16 channels
+    assert compiled._geometry(4, 40, 2, 2) == (16, 4, 16)  # 2 groups x 2 chunks, 4 batch rows
+    for length in (1, 3, 9, 37):
+        for bc in ("bnl", "bgnl"):
+            for options in (True, False):
+                args = make_inputs(4, 40, length, 2, bc, groups=2, seed=length, with_D=options, with_z=options,
+                                   with_bias=options)
+                for got, want in zip(run(args, "compiled", softplus=options), run(args, "reference", softplus=options)):
+                    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+
+
+def test_compiled_narrows_chunks_to_feed_every_thread(monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert compiled._geometry(64, 160, 1, 8) == (160, 1, 64)  # one chunk per batch row is plenty
+    assert compiled._geometry(1, 160, 1, 8) == (40, 4, 4)  # batch 1: 4 chunks for 2 threads
+    assert compiled._geometry(1, 16, 1, 8) == (16, 1, 1)  # never narrower than 16 channels
+
+
+def test_compiled_reads_strided_views_and_returns_views():
+    """The mixer passes delta as a (B, D, L) view of (B, L, D) memory and gets gradients back through
+    views: for every layout of u, delta, z and the incoming gradient, the compiled kernel must give the
+    reference's outputs and input gradients."""
+    inputs = make_inputs(3, 8, 13, 4, "bnl", seed=21)
+    layouts = {
+        "contiguous": lambda t: t,
+        "channels last": lambda t: t.transpose(1, 2).contiguous().transpose(1, 2),
+        "sliced": lambda t: torch.cat([t, t], dim=2)[:, :, ::2],
+        "expanded": lambda t: t[:1].expand_as(t),
+    }
+    weights = torch.randn(3, 8, 13, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+
+    def grads(backend, layout):
+        base = leaf(inputs)
+        u, delta, A, B, C, D, z, bias = base
+        out, last = selective_scan(layout(u), layout(delta), A, B, C, D, layout(z), bias, True, True, backend=backend)
+        loss = (out * layout(weights)).sum() + last.square().sum()
+        return [out, last, *torch.autograd.grad(loss, base)]
+
+    for name, layout in layouts.items():
+        for got, want in zip(grads("compiled", layout), grads("reference", layout)):
+            torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9, msg=lambda m, name=name: f"{name}: {m}")
+    u, delta, A, B, C, D, z, bias = inputs
+    out = selective_scan(u, delta, A, B, C, D, z, bias, True, backend="compiled")
+    assert out.shape == u.shape and out.stride() == (8 * 13, 1, 8)  # a (B, D, L) view of (B, L, D) memory
+
+
+def test_compiled_is_deterministic_across_thread_counts():
+    """Items and their order of summation do not depend on the thread count: bitwise equal results."""
+    args = leaf(make_inputs(8, 32, 29, 4, "bgnl", groups=2, dtype=torch.float32, seed=22))
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            results.append(run(args, "compiled"))
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+def test_without_the_kernel_fast_runs_blocked(monkeypatch):
+    monkeypatch.setattr(compiled, "_build", lambda: (None, "no C compiler found (set $CC)"))
+    assert not compiled.available() and "compiled" not in available_backends("cpu")
+    assert describe_backend("fast") == "fast:blocked"
+    with pytest.raises(ConfigError, match=r"scan backend 'compiled' .* not available here: no C compiler found"):
+        resolve_backend("compiled", "cpu")
+    args = make_inputs(2, 4, 23, 3, seed=23)
+    for got, want in zip(run(args, "fast"), run(args, "reference")):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+
+
+def test_kernel_build_is_cached_and_a_failed_build_says_why(tmp_path, monkeypatch):
+    if compiled._compiler() is None:
+        pytest.skip("no C compiler here")
+    monkeypatch.setenv("HYBRIDLAB_CACHE_DIR", str(tmp_path))
+    compiled._build.cache_clear()
+    try:
+        dll, how = compiled._build()
+        assert dll is not None and str(tmp_path / "scan") in how, how
+        built = list((tmp_path / "scan").glob("scan-*.so"))
+        assert len(built) == 1 and not list((tmp_path / "scan").glob("*.so.tmp*"))
+        compiled._build.cache_clear()
+        assert compiled._build()[0] is not None and list((tmp_path / "scan").glob("scan-*.so")) == built  # reused
+        compiled._build.cache_clear()
+        monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
+        monkeypatch.setattr(compiled, "_compiler", lambda: "/bin/false")
+        monkeypatch.setattr(compiled, "FLAGS", [*compiled.FLAGS, "-DNEW_KEY"])  # not the cached build
+        dll, how = compiled._build()
+        assert dll is None and how.startswith("building kernel.c with /bin/false failed"), how
+    finally:
+        compiled._build.cache_clear()
+
+
 # ---------------------------------------------------------------- gradients
 
 
+@pytest.mark.parametrize("backend", IMPLEMENTATIONS)
 @pytest.mark.parametrize(
     "bc,length,fast_mode",
     [("bnl", 7, False), ("bnl", 23, True), ("dn", 9, True), ("bgnl", 17, True)],
 )
-def test_fast_gradcheck(bc, length, fast_mode):
+def test_gradcheck(bc, length, fast_mode, backend):
     args = leaf(make_inputs(2, 4, length, 3, bc, groups=2, seed=5))
 
     def f(*xs):
-        return selective_scan(*xs, delta_softplus=True, return_last_state=True, backend="fast")
+        return selective_scan(*xs, delta_softplus=True, return_last_state=True, backend=backend)
 
     assert torch.autograd.gradcheck(f, tuple(args), fast_mode=fast_mode)
 
 
+@pytest.mark.parametrize("backend", IMPLEMENTATIONS)
 @pytest.mark.parametrize("bc", ["bnl", "dn", "bgnl"])
-def test_fast_gradcheck_several_padded_blocks(bc, monkeypatch):
-    """Blocks of 3 steps over L=11 (4 blocks, the last one padded): gradients across block boundaries."""
+def test_gradcheck_several_padded_blocks(bc, backend, monkeypatch):
+    """Blocks of 3 steps over L=11 (4 blocks, the last one short): gradients across block boundaries."""
     small_blocks(monkeypatch)
     args = leaf(make_inputs(2, 4, 11, 3, bc, groups=2, seed=12))
 
     def f(*xs):
-        return selective_scan(*xs, delta_softplus=True, return_last_state=True, backend="fast")
+        return selective_scan(*xs, delta_softplus=True, return_last_state=True, backend=backend)
 
     assert torch.autograd.gradcheck(f, tuple(args), fast_mode=True)
 
 
-def test_fast_gradcheck_without_softplus_and_options():
+@pytest.mark.parametrize("backend", IMPLEMENTATIONS)
+def test_gradcheck_without_softplus_and_options(backend):
     u, delta, A, B, C, _, _, _ = make_inputs(2, 3, 11, 2, seed=6)
     delta = delta.abs()
     args = leaf([u, delta, A, B, C])
 
     def f(*xs):
-        return selective_scan(*xs, return_last_state=True, backend="fast")
+        return selective_scan(*xs, return_last_state=True, backend=backend)
 
     assert torch.autograd.gradcheck(f, tuple(args))
 
@@ -362,9 +487,10 @@ EXTREMES = {
 }
 
 
+@pytest.mark.parametrize("backend", IMPLEMENTATIONS)
 @pytest.mark.parametrize("blocks", ["one block", "blocks of 3"])
 @pytest.mark.parametrize("name", list(EXTREMES))
-def test_extreme_values_stay_finite(name, blocks, monkeypatch):
+def test_extreme_values_stay_finite(name, blocks, backend, monkeypatch):
     if blocks == "blocks of 3":
         small_blocks(monkeypatch)
     pre_delta, a_value = EXTREMES[name]
@@ -376,7 +502,7 @@ def test_extreme_values_stay_finite(name, blocks, monkeypatch):
     want = run(args, "reference", softplus=True)
     for dtype in (torch.float32, torch.float64):
         cast = [t.to(dtype) for t in args]
-        got = run(cast, "fast", softplus=True)
+        got = run(cast, backend, softplus=True)
         for g in got:
             assert torch.isfinite(g).all(), f"{name}: non-finite output or gradient in {dtype}"
         if dtype == torch.float64:
@@ -392,7 +518,7 @@ def test_scan_flops_formula():
     assert scan_flops(2, 32, 49, 16, with_D=True, with_z=True) == 9 * 2 * 49 * 32 * 16 + 2 * 2 * 32 * 49
 
 
-@pytest.mark.parametrize("backend", ["reference", "fast"])
+@pytest.mark.parametrize("backend", ["reference", "blocked", "fast"])
 @pytest.mark.parametrize("with_D,with_z,bc", [(False, False, "bnl"), (True, False, "dn"), (True, True, "bgnl")])
 def test_flop_counter_counts_exactly_the_analytic_term(backend, with_D, with_z, bc):
     batch, dim, length, state = 2, 32, 49, 16

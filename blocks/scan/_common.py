@@ -8,7 +8,7 @@ output is cast back to u's dtype and the last state stays in the compute dtype (
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
@@ -77,3 +77,44 @@ def compute_dtype(*tensors: Optional[Tensor]) -> torch.dtype:
 def expand_groups(t: Tensor, dim: int) -> Tensor:
     """(B, G, N, L) -> (B, dim, N, L): channel d reads group d // (dim // G), as mamba-ssm's repeat does."""
     return t.repeat_interleave(dim // t.shape[1], dim=1)
+
+
+def explicit_scan(name: str, forward: Callable, backward: Callable) -> Callable:
+    """A scan entry point (the backends' common signature) from an explicit forward and backward.
+
+    forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, need_saved) -> (out, last, (saved, meta) or
+    None); backward(inputs, saved, meta, g_out, g_last) -> gradients of the 8 inputs. Everything the backward
+    needs goes through save_for_backward, so autograd frees it after backward (unless the graph is
+    retained) and saved-tensor hooks (offloading, checkpointing) see it. Without grad nothing is saved.
+    """
+
+    class Scan(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):  # type: ignore[override]
+            inputs = (u, delta, A, B, C, D, z, delta_bias)
+            out, last, (saved, meta) = forward(*inputs, delta_softplus, need_saved=True)
+            ctx.present = [t is not None for t in inputs]
+            ctx.meta = meta
+            ctx.save_for_backward(*[t for t in inputs if t is not None], *saved)
+            return out, last
+
+        @staticmethod
+        @torch.autograd.function.once_differentiable  # the explicit backward is not itself differentiable
+        def backward(ctx, g_out, g_last):  # type: ignore[override]
+            tensors = list(ctx.saved_tensors)
+            inputs = tuple(tensors.pop(0) if present else None for present in ctx.present)
+            grads = backward(inputs, tensors, ctx.meta, g_out, g_last)
+            return (*[gr if need else None for gr, need in zip(grads, ctx.needs_input_grad)], None)
+
+    Scan.__name__ = Scan.__qualname__ = name
+
+    def scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False):
+        inputs = (u, delta, A, B, C, D, z, delta_bias)
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
+            out, last = Scan.apply(*inputs, delta_softplus)
+        else:
+            out, last, _ = forward(*inputs, delta_softplus, need_saved=False)
+        return (out, last) if return_last_state else out
+
+    scan.__name__ = scan.__qualname__ = f"selective_scan_{name}"
+    return scan

@@ -3,6 +3,8 @@
 Precedence for `backend="auto"`: the innermost `scan_backend(...)` context, then the environment variable
 HYBRIDLAB_SCAN_BACKEND, then the device default (CUDA tensors with mamba-ssm importable -> "mamba_ssm",
 else "fast"). An explicit backend name always wins. Unknown or unavailable names raise ConfigError.
+"fast" is the best CPU implementation present: "compiled" when its kernel builds here (and B, C are
+input-dependent), else "blocked"; `describe_backend` names which, for measurement records.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from blocks.scan._common import WHERE
 from hybridlab.errors import ConfigError
 
 ENV_VAR = "HYBRIDLAB_SCAN_BACKEND"
-BACKEND_NAMES = ("reference", "fast", "mamba_ssm")
+BACKEND_NAMES = ("reference", "blocked", "compiled", "fast", "mamba_ssm")
 
 _local = threading.local()
 
@@ -35,11 +37,24 @@ def _mamba_ssm_fn() -> Optional[Callable]:
 
 
 def _implemented() -> dict[str, Callable]:
-    """The pure-PyTorch backends (always present), imported on first use."""
-    from blocks.scan.fast import selective_scan_fast
+    """The CPU backends present here (all but "compiled" always are), imported on first use."""
+    from blocks.scan import compiled
+    from blocks.scan.fast import selective_scan_blocked, selective_scan_fast
     from blocks.scan.reference import selective_scan_reference
 
-    return {"reference": selective_scan_reference, "fast": selective_scan_fast}
+    names = {"reference": selective_scan_reference, "blocked": selective_scan_blocked, "fast": selective_scan_fast}
+    if compiled.available():
+        names["compiled"] = compiled.selective_scan_compiled
+    return names
+
+
+def describe_backend(name: str) -> str:
+    """A resolved backend name, with the implementation "fast" stands for: "fast:compiled" or "fast:blocked"."""
+    if name != "fast":
+        return name
+    from blocks.scan import compiled
+
+    return "fast:compiled" if compiled.available() else "fast:blocked"
 
 
 def available_backends(device: Optional[torch.device | str] = None) -> list[str]:
@@ -88,6 +103,10 @@ def resolve_backend(name: str = "auto", device: Optional[torch.device | str] = N
             raise ConfigError(f"scan backend 'mamba_ssm' (from {source}) needs mamba-ssm, not installed here", WHERE)
         if dev.type != "cuda":
             raise ConfigError(f"scan backend 'mamba_ssm' (from {source}) needs CUDA tensors, got {dev.type}", WHERE)
+    elif name == "compiled" and name not in _implemented():
+        from blocks.scan import compiled
+
+        raise ConfigError(f"scan backend 'compiled' (from {source}) is not available here: {compiled.status()}", WHERE)
     elif name not in _implemented():
         raise ConfigError(f"scan backend {name!r} (from {source}) is not available here", WHERE)
     return name

@@ -1,5 +1,5 @@
-"""The `fast` backend: the blocked core of `blocks.scan.blocked` plus bias, softplus, D skip and z gating,
-with one hand-written backward for all of it.
+"""The `blocked` backend (the blocked core of `blocks.scan.blocked` plus bias, softplus, D skip and z gating,
+with one hand-written backward for all of it), and `fast`, which runs the compiled kernel where it can.
 
 The glue around the core is written so that every (B, D, L) pass it needs anyway also moves data into or
 out of the core's blocked layout (softplus writes delta blocked, the D skip reads y blocked, ...): the
@@ -15,8 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from blocks.scan._common import compute_dtype
+from blocks.scan import compiled
+from blocks.scan._common import compute_dtype, explicit_scan
 from blocks.scan.blocked import Blocks, Operand, addcmul_into, backward_core, copy_into, forward_core, plan
+from blocks.scan.compiled import selective_scan_compiled
 from blocks.scan.reference import selective_scan_reference
 
 # Up to this many steps the plain loop (with autograd) is cheaper than the blocked machinery's fixed
@@ -118,27 +120,25 @@ def fast_backward(inputs, saved, meta, g_out: Optional[Tensor], g_last: Optional
     return tuple(None if gr is None else gr.to(x.dtype) for gr, x in zip(grads, inputs))
 
 
-class _FastScan(torch.autograd.Function):
-    """Everything the backward needs goes through save_for_backward, so autograd frees it after backward
-    (unless the graph is retained) and saved-tensor hooks (offloading, checkpointing) see it."""
+_blocked_scan = explicit_scan("blocked", fast_forward, fast_backward)
 
-    @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):  # type: ignore[override]
-        inputs = (u, delta, A, B, C, D, z, delta_bias)
-        out, last, state = fast_forward(*inputs, delta_softplus, need_saved=True)
-        saved, meta = state
-        ctx.present = [t is not None for t in inputs]
-        ctx.meta = meta
-        ctx.save_for_backward(*[t for t in inputs if t is not None], *saved)
-        return out, last
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable  # the explicit backward is not itself differentiable
-    def backward(ctx, g_out, g_last):  # type: ignore[override]
-        tensors = list(ctx.saved_tensors)
-        inputs = tuple(tensors.pop(0) if present else None for present in ctx.present)
-        grads = fast_backward(inputs, tensors, ctx.meta, g_out, g_last)
-        return (*[gr if need else None for gr, need in zip(grads, ctx.needs_input_grad)], None)
+def selective_scan_blocked(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Optional[Tensor] = None,
+    z: Optional[Tensor] = None,
+    delta_bias: Optional[Tensor] = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+):
+    """Same contract as the reference backend; pure PyTorch."""
+    if u.shape[-1] <= SHORT_LENGTH:
+        return selective_scan_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    return _blocked_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
 
 
 def selective_scan_fast(
@@ -153,12 +153,6 @@ def selective_scan_fast(
     delta_softplus: bool = False,
     return_last_state: bool = False,
 ):
-    """Same contract as the reference backend."""
-    if u.shape[-1] <= SHORT_LENGTH:
-        return selective_scan_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
-    inputs = (u, delta, A, B, C, D, z, delta_bias)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
-        out, last = _FastScan.apply(*inputs, delta_softplus)
-    else:
-        out, last, _ = fast_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, False)
-    return (out, last) if return_last_state else out
+    """The compiled kernel when it is built and takes these inputs (see `compiled.supports`), else `blocked`."""
+    run = selective_scan_compiled if compiled.supports(B, C, u.device) else selective_scan_blocked
+    return run(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)

@@ -112,6 +112,7 @@ def scan_backend(device: torch.device | str, modules: Iterable[Any] = ()) -> str
     """
     try:
         from blocks.scan import resolve_backend
+        from blocks.scan.backends import describe_backend
     except ImportError as exc:  # pragma: no cover - blocks is part of this project
         return f"unavailable ({exc.__class__.__name__})"
     names: set[str] = set()
@@ -122,7 +123,7 @@ def scan_backend(device: torch.device | str, modules: Iterable[Any] = ()) -> str
         names |= {resolve_backend(e, device) for e in explicit}
     except Exception as exc:  # a bad $HYBRIDLAB_SCAN_BACKEND is reported, not fatal to the record
         return f"error: {exc}"
-    return "+".join(sorted(names))
+    return "+".join(sorted(describe_backend(n) for n in names))
 
 
 def collect_env(
