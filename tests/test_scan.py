@@ -201,6 +201,7 @@ PARITY = [
     (1, 8, 33, 1, "dn", True, True, True, True, True),
     (2, 6, 37, 5, "bgnl", False, True, True, False, True),
     (2, 8, 50, 16, "bnl", True, False, True, True, False),
+    (2, 8, 19, 1, "bnl", True, True, True, True, True),  # N=1 with input-dependent B, C: the compiled kernel too
 ]
 
 
@@ -396,6 +397,18 @@ def test_compiled_is_deterministic_across_thread_counts():
         torch.set_num_threads(threads)
     for a, b in zip(*results):
         assert torch.equal(a, b)
+
+
+def test_fast_picks_the_kernel_for_input_dependent_b_and_c(monkeypatch):
+    if not compiled.available():
+        pytest.skip(compiled.status())
+    calls = []
+    for name in ("selective_scan_compiled", "selective_scan_blocked"):
+        real = getattr(fast, name)
+        monkeypatch.setattr(fast, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
+    for bc in ("bnl", "bgnl", "dn"):
+        selective_scan(*make_inputs(2, 4, 9, 3, bc, seed=24), backend="fast")
+    assert calls == ["selective_scan_compiled", "selective_scan_compiled", "selective_scan_blocked"]
 
 
 def test_without_the_kernel_fast_runs_blocked(monkeypatch):
