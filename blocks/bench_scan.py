@@ -94,7 +94,7 @@ def scan_inputs(batch: int, dim: int, length: int, state: int, seed: int = 0) ->
 
 
 def one_pass(batch: int, dim: int, length: int, state: int) -> Callable[[], None]:
-    """One elementwise pass over the (B, L, N, D) state volume as the fast core makes them: delta (x) A
+    """One elementwise pass over the (B, L, N, D) state volume as the blocked core makes them: delta (x) A
     written into a reused (B, T, N, D) block buffer, block after block."""
     T = plan(batch, dim, length, state)
     g = torch.Generator().manual_seed(0)

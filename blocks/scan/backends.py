@@ -44,7 +44,7 @@ def _implemented() -> dict[str, Callable]:
 
     names = {"reference": selective_scan_reference, "blocked": selective_scan_blocked, "fast": selective_scan_fast}
     if compiled.available():
-        names["compiled"] = compiled.selective_scan_compiled
+        names["compiled"] = selective_scan_fast  # the kernel where it takes the inputs, `blocked` elsewhere
     return names
 
 
@@ -103,12 +103,11 @@ def resolve_backend(name: str = "auto", device: Optional[torch.device | str] = N
             raise ConfigError(f"scan backend 'mamba_ssm' (from {source}) needs mamba-ssm, not installed here", WHERE)
         if dev.type != "cuda":
             raise ConfigError(f"scan backend 'mamba_ssm' (from {source}) needs CUDA tensors, got {dev.type}", WHERE)
-    elif name == "compiled" and name not in _implemented():
+    elif name not in _implemented():
         from blocks.scan import compiled
 
-        raise ConfigError(f"scan backend 'compiled' (from {source}) is not available here: {compiled.status()}", WHERE)
-    elif name not in _implemented():
-        raise ConfigError(f"scan backend {name!r} (from {source}) is not available here", WHERE)
+        why = f": {compiled.status()}" if name == "compiled" else ""
+        raise ConfigError(f"scan backend {name!r} (from {source}) is not available here{why}", WHERE)
     return name
 
 

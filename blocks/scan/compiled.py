@@ -102,7 +102,8 @@ def _build() -> tuple[Optional[ctypes.CDLL], str]:
         return None, f"compiled scan unavailable: {err}"
     for name in ("scan_fwd_f32", "scan_fwd_f64", "scan_bwd_f32", "scan_bwd_f64", "scan_openmp"):
         getattr(dll, name).restype = ctypes.c_int
-    threads = "OpenMP" if dll.scan_openmp() else "a Python thread pool"
+    dll.openmp = bool(dll.scan_openmp())  # asked once: `_run` reads it on every call
+    threads = "OpenMP" if dll.openmp else "a Python thread pool"
     return dll, f"compiled ({lib}; threads: {threads})"
 
 
@@ -138,7 +139,7 @@ def _run(fn_name: str, dtype: torch.dtype, tensors: list, dims: tuple[int, ...],
     fn = getattr(dll, f"{fn_name}_{'f64' if dtype == torch.float64 else 'f32'}")
     args = [_arg(t) for t in tensors] + [ctypes.c_int64(v) for v in dims]
     workers = max(1, min(torch.get_num_threads(), items))
-    if dll.scan_openmp() or workers == 1:
+    if dll.openmp or workers == 1:
         codes = [fn(*args, ctypes.c_int64(0), ctypes.c_int64(items), ctypes.c_int(workers))]
     else:
         cuts = [items * k // workers for k in range(workers + 1)]
@@ -263,25 +264,6 @@ def compiled_backward(inputs, saved, meta, g_out: Optional[Tensor], g_last: Opti
     return tuple(None if gr is None else gr.to(x.dtype) for gr, x in zip(grads, inputs))
 
 
-_compiled_scan = explicit_scan("compiled", compiled_forward, compiled_backward)
-
-
-def selective_scan_compiled(
-    u: Tensor,
-    delta: Tensor,
-    A: Tensor,
-    B: Tensor,
-    C: Tensor,
-    D: Optional[Tensor] = None,
-    z: Optional[Tensor] = None,
-    delta_bias: Optional[Tensor] = None,
-    delta_softplus: bool = False,
-    return_last_state: bool = False,
-):
-    """Same contract as the reference backend. Input-independent B or C ((D, N)), which the kernel does not
-    take, and non-CPU tensors run the `blocked` backend instead."""
-    if not supports(B, C, u.device):
-        from blocks.scan.fast import selective_scan_blocked
-
-        return selective_scan_blocked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
-    return _compiled_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+# The kernel's entry point, for inputs `supports` accepts; `fast` (blocks.scan.fast) is the dispatcher that
+# sends everything else to `blocked`.
+selective_scan_compiled = explicit_scan("compiled", compiled_forward, compiled_backward)
