@@ -55,6 +55,19 @@ def check_bool(value: Any, key: str) -> bool:
     return value
 
 
+def set_loader_options(module: Any, *, batch_size: Any, val_batch_size: Any, num_workers: Any, seed: Any,
+                       train_subset: Any, val_subset: Any, drop_last: Any) -> None:
+    """Check the loader options every data module takes and set them on `module` (shuffle seed unset)."""
+    module.batch_size = check_int(batch_size, "batch_size", minimum=1)
+    module.val_batch_size = check_int(val_batch_size, "val_batch_size", minimum=1, optional=True)
+    module.num_workers = check_int(num_workers, "num_workers", minimum=0)
+    module.seed = check_int(seed, "seed", minimum=0)
+    module.train_subset = check_int(train_subset, "train_subset", minimum=1, optional=True)
+    module.val_subset = check_int(val_subset, "val_subset", minimum=1, optional=True)
+    module.drop_last = check_bool(drop_last, "drop_last")
+    module.shuffle_seed = None  # train_and_evaluate sets it to the trial seed; None = `seed`
+
+
 def check_path(value: Any, key: str) -> Path:
     if not isinstance(value, (str, Path)) or not str(value):
         raise ConfigError(f"must be a folder path, got {value!r}", f"data.{key}")
@@ -200,16 +213,11 @@ class InMemoryDataModule(L.LightningDataModule):
         super().__init__()
         self.num_classes = num_classes
         self.in_chans = in_chans
-        self.batch_size = check_int(batch_size, "batch_size", minimum=1)
-        self.val_batch_size = check_int(val_batch_size, "val_batch_size", minimum=1, optional=True)
-        self.num_workers = check_int(num_workers, "num_workers", minimum=0)
-        self.seed = check_int(seed, "seed", minimum=0)
-        self.train_subset = check_int(train_subset, "train_subset", minimum=1, optional=True)
-        self.val_subset = check_int(val_subset, "val_subset", minimum=1, optional=True)
+        self.shuffle_seed: int | None
+        set_loader_options(self, batch_size=batch_size, val_batch_size=val_batch_size, num_workers=num_workers,
+                           seed=seed, train_subset=train_subset, val_subset=val_subset, drop_last=drop_last)
         self.img_size = check_int(img_size, "img_size", minimum=4, maximum=4096, optional=True) or self.native_size
-        self.drop_last = check_bool(drop_last, "drop_last")
         self.augment = check_bool(augment, "augment")
-        self.shuffle_seed: int | None = None  # train_and_evaluate sets it to the trial seed; None = `seed`
         self.mean: tuple[float, ...] | None = None
         self.std: tuple[float, ...] | None = None
         self.train_set: TensorImageDataset | None = None

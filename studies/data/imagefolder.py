@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Subset
 from torchvision.datasets import ImageFolder
 
 from hybridlab.errors import ConfigError, HybridlabError
-from studies.data.base import EpochShuffleSampler, check_float, check_int, check_path, seeded_subset
+from studies.data.base import EpochShuffleSampler, check_float, check_int, check_path, seeded_subset, set_loader_options
 
 
 def _class_dirs(folder: Path) -> list[str]:
@@ -50,12 +50,9 @@ class ImageFolderDataModule(L.LightningDataModule):
             raise ConfigError("the imagefolder dataset needs a root folder with train/ and val/ (or test/)", "data.root")
         self.root = check_path(root, "root")
         self.img_size = check_int(img_size, "img_size", minimum=4, maximum=4096, optional=True) or 224
-        self.batch_size = check_int(batch_size, "batch_size", minimum=1)
-        self.val_batch_size = check_int(val_batch_size, "val_batch_size", minimum=1, optional=True)
-        self.num_workers = check_int(num_workers, "num_workers", minimum=0)
-        self.seed = check_int(seed, "seed", minimum=0)
-        self.train_subset = check_int(train_subset, "train_subset", minimum=1, optional=True)
-        self.val_subset = check_int(val_subset, "val_subset", minimum=1, optional=True)
+        self.shuffle_seed: int | None
+        set_loader_options(self, batch_size=batch_size, val_batch_size=val_batch_size, num_workers=num_workers,
+                           seed=seed, train_subset=train_subset, val_subset=val_subset, drop_last=drop_last)
         self.crop_pct = check_float(crop_pct, "crop_pct", minimum=0.05, maximum=1.0)
         if auto_augment is not None and not isinstance(auto_augment, str):
             raise ConfigError(f"must be a timm auto-augment string or null, got {auto_augment!r}", "data.auto_augment")
@@ -67,11 +64,7 @@ class ImageFolderDataModule(L.LightningDataModule):
             raise ConfigError(f"must be bilinear, bicubic, nearest or random, got {interpolation!r}", "data.interpolation")
         self.interpolation = interpolation
         self.mean, self.std = _triple(mean, "mean"), _triple(std, "std")
-        if not isinstance(drop_last, bool):
-            raise ConfigError(f"must be true or false, got {drop_last!r}", "data.drop_last")
-        self.drop_last = drop_last
         self.in_chans = 3
-        self.shuffle_seed: int | None = None  # train_and_evaluate sets it to the trial seed; None = `seed`
 
         self.train_dir = self.root / "train"
         self.val_dir = next((self.root / d for d in ("val", "test") if (self.root / d).is_dir()), None)
