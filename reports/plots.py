@@ -88,6 +88,15 @@ def log_ticks(ax, values: np.ndarray) -> None:
     ax.xaxis.set_minor_formatter(mticker.NullFormatter())
 
 
+def _label_axes(ax, ox: Objective, oy: Objective, title: str, log: bool, xs: np.ndarray) -> None:
+    """Axis labels, title, and readable ticks on a log x axis: what every objective-space plot shares."""
+    ax.set_xlabel(axis_label(ox, log))
+    ax.set_ylabel(axis_label(oy))
+    ax.set_title(title, loc="left")
+    if log:
+        log_ticks(ax, xs)
+
+
 def axis_label(o: Objective, log: bool = False) -> str:
     base = NICE.get(o.name, (o.name, 1.0, ""))[0]
     if log:
@@ -211,11 +220,7 @@ def pareto_plot(arch: pd.DataFrame, objectives: Sequence[Objective], title: str)
             name = shorten(row["label"] or row["pattern"] or "baseline", 30)
             handles.append(Line2D([], [], ls="", marker=marker, color=BASELINE_COLOR, markersize=8,
                                   label=f"baseline: {name}"))
-        ax.set_xlabel(axis_label(ox, log))
-        ax.set_ylabel(axis_label(oy))
-        ax.set_title(title, loc="left")
-        if log:
-            log_ticks(ax, x)
+        _label_axes(ax, ox, oy, title, log, x)
         _pad_limits(ax, log)
         note = ""
         if len(front):
@@ -522,11 +527,7 @@ def compare_plot(studies: Sequence[tuple[str, pd.DataFrame]], objectives: Sequen
                 ax.scatter(fx, fy, s=55, color=[color], marker=marker, edgecolors="black", linewidths=0.6, zorder=4)
             handles.append(Line2D([], [], color=color, marker=marker, lw=1.6, markersize=7,
                                   label=f"{shorten(name, 30)} ({len(front)} on front)"))
-        ax.set_xlabel(axis_label(ox, log))
-        ax.set_ylabel(axis_label(oy))
-        ax.set_title(title, loc="left")
-        if log:
-            log_ticks(ax, xs_all)
+        _label_axes(ax, ox, oy, title, log, xs_all)
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
                   title="study", alignment="left")
         ax.text(0.0, -0.13, "Lines: each study's Pareto front (architecture means over seeds); faint points: "
