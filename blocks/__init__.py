@@ -4,8 +4,12 @@
     model = ModelSpec.create("C | C*3 | M*4 A*4 | M*2 A*2", dim=80).build()
 """
 
+# The model builder, presets (registers `hybrid` and `mambavision_*` with timm) and checkpoint loading.
+from blocks.checkpoint import LoadResult, load_official_checkpoint  # noqa: E402
 from blocks.grammar import BlockSpec, Pattern, canonical, parse
+from blocks.model import HybridNet  # noqa: E402
 from blocks.options import Option
+from blocks.presets import OFFICIAL_NAMES, PRESETS, official_pattern, preset_spec  # noqa: E402
 from blocks.registry import (
     BlockContext,
     BlockType,
@@ -17,11 +21,6 @@ from blocks.registry import (
     unregister_block,
 )
 from blocks.spec import ModelSpec
-
-# The model builder, presets (registers `hybrid` and `mambavision_*` with timm) and checkpoint loading.
-from blocks.checkpoint import LoadResult, load_official_checkpoint  # noqa: E402
-from blocks.model import HybridNet  # noqa: E402
-from blocks.presets import OFFICIAL_NAMES, PRESETS, official_pattern, preset_spec  # noqa: E402
 
 __all__ = [
     "HybridNet",

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -51,7 +52,7 @@ class LoadResult:
 
 def load_official_checkpoint(
     model: nn.Module,
-    path_or_state_dict: "str | os.PathLike[str] | Mapping[str, Any]",
+    path_or_state_dict: str | os.PathLike[str] | Mapping[str, Any],
     use_ema: bool = False,
     strict: bool = True,
 ) -> LoadResult:

@@ -80,7 +80,7 @@ class Pattern:
         return self.canonical()
 
 
-def parse(text: "str | Pattern") -> Pattern:
+def parse(text: str | Pattern) -> Pattern:
     """Parse and validate a pattern string; raise PatternError naming the problem and the column."""
     if isinstance(text, Pattern):
         return text
@@ -89,7 +89,7 @@ def parse(text: "str | Pattern") -> Pattern:
     return _Parser(text).parse()
 
 
-def canonical(pattern: "str | Pattern") -> str:
+def canonical(pattern: str | Pattern) -> str:
     """The canonical text of a pattern: run-length encoded (periodic stages as one group), options sorted,
     defaults dropped."""
     return parse(pattern).canonical()

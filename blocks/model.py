@@ -13,7 +13,8 @@ on the full NCHW map in between.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from timm.layers import trunc_normal_

@@ -9,8 +9,9 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from blocks.grammar import Pattern, parse
 from hybridlab.errors import ConfigError
@@ -46,7 +47,7 @@ class ModelSpec:
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
-    def create(cls, pattern: "str | Pattern", **settings: Any) -> "ModelSpec":
+    def create(cls, pattern: str | Pattern, **settings: Any) -> ModelSpec:
         """Validate and normalise: canonical pattern, tuples for lists, one clear error per problem."""
         unknown = sorted(set(settings) - {f.name for f in fields(cls)})
         if unknown:
@@ -79,13 +80,13 @@ class ModelSpec:
         return spec
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ModelSpec":
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelSpec:
         data = dict(data)
         if "pattern" not in data:
             raise ConfigError("missing 'pattern'", "model")
         return cls.create(data.pop("pattern"), **data)
 
-    def with_settings(self, **changes: Any) -> "ModelSpec":
+    def with_settings(self, **changes: Any) -> ModelSpec:
         """A copy with some settings changed, validated again."""
         data = self.to_dict()
         data.update(changes)
@@ -109,6 +110,19 @@ class ModelSpec:
     @property
     def num_features(self) -> int:
         return self.stage_dims[-1]
+
+    def feature_map_sides(self, img_size: int) -> tuple[int, ...]:
+        """Side of each stage's feature map for a square `img_size` input.
+
+        The stem's and the downsamplers' stride-2 convs (3x3, padding 1) round up: 30 px -> 15 -> 8.
+        """
+        side = int(img_size)
+        for _ in range(self.stem_stride.bit_length() - 1):  # stem_stride is 1, 2 or 4
+            side = (side + 1) // 2
+        sides = [side]
+        for _ in range(self.parsed.num_stages - 1):
+            sides.append((sides[-1] + 1) // 2)
+        return tuple(sides)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)

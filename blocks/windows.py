@@ -10,7 +10,7 @@ large as the map therefore mixes the whole map in one window (global attention /
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

@@ -28,4 +28,20 @@ class ConfigError(HybridlabError, ValueError):
 
     def __init__(self, message: str, where: str = "") -> None:
         self.where = where
-        super().__init__(f"{where}: {message}" if where else message)
+        self.reason = " ".join(str(message).split())
+        super().__init__(f"{where}: {self.reason}" if where else self.reason)
+
+    def within(self, prefix: str) -> ConfigError:
+        """The same error located inside `prefix` (`model` + `num_heads` -> `model.num_heads`).
+
+        Keeps message and location apart, so callers never split message strings to re-prefix them.
+        """
+        if not prefix:
+            return type(self)(self.reason, self.where) if type(self) is ConfigError else self
+        if not self.where:
+            where = prefix
+        elif self.where.startswith("["):
+            where = f"{prefix}{self.where}"
+        else:
+            where = f"{prefix}.{self.where}"
+        return ConfigError(self.reason, where)

@@ -8,7 +8,7 @@ secrets we already know of, raw or percent-decoded.
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 from urllib.parse import unquote
 
 MASK = "***"

@@ -11,8 +11,9 @@ from __future__ import annotations
 import html as html_lib
 import os
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -24,8 +25,17 @@ from reports.html import Page
 from reports.hypervolume import history, hypervolume, reference_point
 from reports.load import Objective, StudyData, load_study, mask_url
 from reports.pareto import aggregate, finished_rows, to_minimization
-from reports.tables import (Table, ablation_csv, ablation_frame, ablation_table, architecture_csv,
-                            architecture_table, fmt_metric, header, unfinished_table)
+from reports.tables import (
+    Table,
+    ablation_csv,
+    ablation_frame,
+    ablation_table,
+    architecture_csv,
+    architecture_table,
+    fmt_metric,
+    header,
+    unfinished_table,
+)
 from studies.table import state_counts
 
 REPORT_FILES = ("pareto.png", "pareto.svg", "ranking.png", "ranking.svg", "hypervolume.png", "table.md",
@@ -34,8 +44,8 @@ COMPARE_FILES = ("compare.png", "compare.svg", "compare.md", "compare.csv", "com
 Echo = Callable[[str], None]
 
 
-def build_report(source: Any, results_dir: "str | os.PathLike[str]" = "results",
-                 out: "str | os.PathLike[str] | None" = None, study: str | None = None,
+def build_report(source: Any, results_dir: str | os.PathLike[str] = "results",
+                 out: str | os.PathLike[str] | None = None, study: str | None = None,
                  echo: Echo | None = None) -> Path:
     """Load a study (name, folder, storage URL or optuna.Study) and write its report; return the folder."""
     data = load_study(source, results_dir=results_dir, study=study)
@@ -217,8 +227,8 @@ def _study_info(data: StudyData) -> dict[str, Any]:
 
 
 # -- compare ---------------------------------------------------------------------------------------
-def compare(sources: Sequence[Any], results_dir: "str | os.PathLike[str]" = "results",
-            out: "str | os.PathLike[str] | None" = None, echo: Echo | None = None) -> Path:
+def compare(sources: Sequence[Any], results_dir: str | os.PathLike[str] = "results",
+            out: str | os.PathLike[str] | None = None, echo: Echo | None = None) -> Path:
     """Fronts of several studies on one plot plus a small table; return the output folder.
 
     The studies must share their objectives; hypervolumes use one reference point computed from all of

@@ -89,7 +89,7 @@ def _hash(pattern: str) -> str:
     return hashlib.sha256(pattern.encode()).hexdigest()[:12]
 
 
-def write_demo_study(folder: "str | Path", name: str = "demo", seed: int = 0, single_objective: bool = False,
+def write_demo_study(folder: str | Path, name: str = "demo", seed: int = 0, single_objective: bool = False,
                      ablation: bool = False, **kwargs) -> Path:
     """Write trials.csv, manifest.json and study.yaml of a synthetic study into `folder`."""
     folder = Path(folder)

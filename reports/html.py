@@ -8,8 +8,9 @@ from __future__ import annotations
 import base64
 import html
 import json
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from reports.tables import Table
 

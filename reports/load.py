@@ -73,7 +73,7 @@ def is_storage_url(source: str) -> bool:
     return "://" in source
 
 
-def load_study(source: Any, results_dir: "str | Path" = "results", study: str | None = None) -> StudyData:
+def load_study(source: Any, results_dir: str | Path = "results", study: str | None = None) -> StudyData:
     """Resolve `source` (see module doc) and load it; any problem is one HybridlabError line."""
     results_dir = Path(results_dir)
     if hasattr(source, "get_trials") and hasattr(source, "study_name"):

@@ -7,7 +7,7 @@ Rank 1 is the front; equal points do not dominate each other, so duplicates shar
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd

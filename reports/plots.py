@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Iterator, Sequence
 
 import matplotlib
 import matplotlib.ticker as mticker

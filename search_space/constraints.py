@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Mapping
+from typing import Any
 
 from hybridlab.errors import ConfigError
 
@@ -30,7 +31,7 @@ class Constraints:
     min_throughput: float | None = None
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any] | None) -> "Constraints":
+    def from_config(cls, config: Mapping[str, Any] | None) -> Constraints:
         config = dict(config or {})
         values = {}
         for key, value in config.items():

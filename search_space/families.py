@@ -8,8 +8,8 @@ booleans (True = attention) so the same rule works with any mixer/attention symb
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from hybridlab.errors import ConfigError
 

@@ -14,11 +14,11 @@ A space is built from a study file's `search_space:` section on top of a base Mo
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Sequence
-
 import itertools
 import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import optuna
 
@@ -87,7 +87,7 @@ class SearchSpace:
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
-    def from_config(cls, config: Mapping[str, Any] | None, base: ModelSpec) -> "SearchSpace":
+    def from_config(cls, config: Mapping[str, Any] | None, base: ModelSpec) -> SearchSpace:
         """Validate the section; every problem is a ConfigError naming its key."""
         config = dict(config or {})
         _unknown(config, SECTIONS, "search_space")

@@ -46,7 +46,7 @@ class DeviceLock:
         self.exclusive = exclusive
         self._fh = None
 
-    def __enter__(self) -> "DeviceLock":
+    def __enter__(self) -> DeviceLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fh = open(self.path, "a+")
         fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH)

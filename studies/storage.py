@@ -18,8 +18,8 @@ from typing import Any
 
 import optuna
 from optuna.storages import RDBStorage
-from optuna.trial import FrozenTrial, TrialState
 from optuna.storages.journal import JournalFileBackend, JournalStorage
+from optuna.trial import FrozenTrial, TrialState
 
 from hybridlab.errors import HybridlabError
 from hybridlab.urls import mask_in_text, mask_password

@@ -13,8 +13,9 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import pandas as pd
 
@@ -88,7 +89,7 @@ def trials_frame(study: Any) -> pd.DataFrame:
     return normalize_frame(frame)
 
 
-def write_trials(study: Any, folder: "str | os.PathLike[str]") -> Path:
+def write_trials(study: Any, folder: str | os.PathLike[str]) -> Path:
     """Write `trials.csv` (and `trials.parquet` when pyarrow imports) atomically; return the CSV path."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -103,7 +104,7 @@ def write_trials(study: Any, folder: "str | os.PathLike[str]") -> Path:
     return csv_path
 
 
-def read_trials(path: "str | os.PathLike[str]") -> pd.DataFrame:
+def read_trials(path: str | os.PathLike[str]) -> pd.DataFrame:
     """Read a `trials.csv` (a file, or the study folder holding it) back with the documented dtypes."""
     path = Path(path)
     if path.is_dir():

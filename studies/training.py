@@ -17,10 +17,11 @@ import math
 import os
 import time
 import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Iterable, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -91,7 +92,7 @@ class TrainRecipe:
             object.__setattr__(self, f.name, _check_setting(f.name, getattr(self, f.name), "train"))
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None, where: str = "train") -> "TrainRecipe":
+    def from_dict(cls, data: Mapping[str, Any] | None, where: str = "train") -> TrainRecipe:
         """Build from a study file's section; an unknown key or bad value raises ConfigError naming `where.key`."""
         if data is None:
             return cls()

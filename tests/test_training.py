@@ -11,8 +11,15 @@ import torch.nn as nn
 
 from hybridlab.errors import ConfigError, HybridlabError
 from studies.data import make_datamodule
-from studies.training import (ClassificationModule, NonFiniteLossError, TrainRecipe, WarmupCosine, make_trainer,
-                              param_groups, train_and_evaluate)
+from studies.training import (
+    ClassificationModule,
+    NonFiniteLossError,
+    TrainRecipe,
+    WarmupCosine,
+    make_trainer,
+    param_groups,
+    train_and_evaluate,
+)
 
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.filterwarnings("ignore:.*LeafSpec")]
 

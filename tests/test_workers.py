@@ -19,10 +19,10 @@ import pandas as pd
 import pytest
 import yaml
 from optuna.trial import TrialState
+from test_studies import KILLER, _python, run, tiny_raw
 
 from hybridlab.cli import main as cli_main
 from studies.devlock import DeviceLock
-from test_studies import KILLER, _python, run, tiny_raw
 
 CLI = "import sys; from hybridlab.cli import main; sys.exit(main(sys.argv[1:]))"
 PASSWORD = "s3cret-pw"

@@ -8,7 +8,8 @@ output is cast back to u's dtype and the last state stays in the compute dtype (
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 import torch
 from torch import Tensor

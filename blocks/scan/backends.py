@@ -13,7 +13,8 @@ import contextlib
 import functools
 import os
 import threading
-from typing import Callable, Iterator, Optional
+from collections.abc import Callable, Iterator
+from typing import Optional
 
 import torch
 

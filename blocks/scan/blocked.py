@@ -24,7 +24,8 @@ divide), so any delta from softplus and any A = -exp(A_log) stays finite; an und
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 import torch
 from torch import Tensor

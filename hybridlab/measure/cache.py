@@ -13,8 +13,9 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping, TypeVar, Union
+from typing import Any, TypeVar, Union
 
 from hybridlab.errors import ConfigError
 from hybridlab.measure.record import MeasureRecord

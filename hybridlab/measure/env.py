@@ -13,8 +13,9 @@ import os
 import platform
 import shutil
 import subprocess
+from collections.abc import Iterable
 from importlib import metadata
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 

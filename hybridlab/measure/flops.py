@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -138,7 +139,7 @@ class _MacHooks:
     def _hook(self, module: nn.Module, inputs: tuple, output: Any) -> None:
         self.macs += module_macs(module, inputs, output)
 
-    def __enter__(self) -> "_MacHooks":
+    def __enter__(self) -> _MacHooks:
         self._handles = [
             m.register_forward_hook(self._hook) for m in self.model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))
         ]

@@ -7,8 +7,9 @@ measurement cache and in `trials.csv`, and a reviewer can read exactly how a fig
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -57,11 +58,11 @@ class MeasureProfile:
     def fields_names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls))
 
-    def replace(self, **changes: Any) -> "MeasureProfile":
+    def replace(self, **changes: Any) -> MeasureProfile:
         """A validated copy with some fields changed."""
         return replace(self, **changes).validated()
 
-    def validated(self) -> "MeasureProfile":
+    def validated(self) -> MeasureProfile:
         """Check every field (one ConfigError naming `measure.<field>`) and normalise types."""
         v = {f.name: getattr(self, f.name) for f in fields(self)}
         for key in ("batch_size", "img_size", "repeats", "max_iters"):
@@ -98,7 +99,7 @@ class MeasureProfile:
             v["tf32"] = bool(v["tf32"])
         return MeasureProfile(**v)
 
-    def resolved(self) -> "MeasureProfile":
+    def resolved(self) -> MeasureProfile:
         """Validated, with device `auto` turned into cuda/cpu; refuses cuda without a GPU."""
         prof = self.validated()
         device = prof.device
@@ -125,7 +126,7 @@ class MeasureProfile:
         return out
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "MeasureProfile":
+    def from_dict(cls, data: Mapping[str, Any]) -> MeasureProfile:
         known = set(cls.fields_names())
         unknown = sorted(set(data) - known)
         if unknown:
@@ -180,7 +181,7 @@ class MeasureRecord:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "MeasureRecord":
+    def from_dict(cls, data: Mapping[str, Any]) -> MeasureRecord:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 

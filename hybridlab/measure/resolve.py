@@ -10,8 +10,9 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -66,8 +67,9 @@ def infer_in_chans(model: nn.Module) -> int:
 
 def is_model_name(name: str) -> bool:
     """True when timm (with our presets registered) knows `name`."""
-    import blocks  # noqa: F401  (registers the presets with timm)
     import timm
+
+    import blocks  # noqa: F401  (registers the presets with timm)
 
     return bool(timm.is_model(name))
 

@@ -8,8 +8,9 @@ it vectorised, which is several times faster on CPU than a per-image transform p
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import lightning as L
 import torch

@@ -49,7 +49,7 @@ ALPHABET_SEED = 20240
 MAX_CLASSES = 16
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def alphabet(num_glyphs: int) -> np.ndarray:
     """The fixed glyph alphabet: (K, 5, 5) float32 0/1 patterns; the first K of one fixed sequence."""
     if not 3 <= num_glyphs <= MAX_CLASSES:
