@@ -161,13 +161,14 @@ TABLE1_GMACS = {
 
 
 @pytest.mark.parametrize("name", list(TABLE1_GMACS))
-def test_table1_macs_within_one_percent(name):
+def test_table1_macs_within_a_tenth_of_a_percent(name):
+    """The README claims the presets reproduce Table 1's compute to 0.1%."""
     from blocks.presets import preset_spec
 
     with torch.device("meta"):  # no weights allocated: the largest preset costs nothing
         model = preset_spec(name).build()
     gmacs = count_macs(model, 224, 3, device="meta") / 1e9
-    assert abs(gmacs - TABLE1_GMACS[name]) / TABLE1_GMACS[name] < 0.01, gmacs
+    assert abs(gmacs - TABLE1_GMACS[name]) / TABLE1_GMACS[name] <= 0.001, gmacs
 
 
 # -- environment ------------------------------------------------------------------------------------

@@ -10,17 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from hybridlab.atomic import atomic_write
 from hybridlab.errors import ConfigError
-from hybridlab.measure.api import compare
 from hybridlab.measure.record import FIGURES, PRECISIONS, MeasureProfile
-from hybridlab.measure.table import format_report
-from hybridlab.models import add_model_args, settings_from_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -51,6 +47,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--vs", action="append", default=[], metavar="NAME,NAME", help="baselines measured in the same run")
     parser.add_argument("--json", metavar="PATH", help="write one JSON object with every figure, env, baselines and ratios")
     parser.add_argument("--cache-dir", metavar="DIR", help="reuse figures measured before under the same profile and machine")
+    from hybridlab.models import add_model_args  # the model flags are shared with `show`
+
     add_model_args(parser)
     parser.set_defaults(func=main)
 
@@ -78,14 +76,15 @@ def _int(raw: Any, flag: str) -> int | None:
     if raw is None:
         return None
     try:
-        return int(str(raw))
+        return int(str(raw).strip())
     except ValueError:
         raise ConfigError(f"expected an integer, got {raw!r}", flag) from None
 
 
 def _float(raw: Any, flag: str) -> float:
+    """A number; inf and nan parse here and are refused by the profile's range check, under this flag."""
     try:
-        return float(str(raw))
+        return float(str(raw).strip())
     except ValueError:
         raise ConfigError(f"expected a number, got {raw!r}", flag) from None
 
@@ -113,24 +112,23 @@ def profile_from_args(args: argparse.Namespace) -> MeasureProfile:
     try:
         return profile.resolved()
     except ConfigError as exc:  # name the flag, not the profile field
-        text = str(exc)
-        message = text[len(exc.where) + 2 :] if exc.where and text.startswith(f"{exc.where}: ") else text
-        raise ConfigError(message, exc.where.replace("measure.", "--").replace("_", "-")) from None
+        raise ConfigError(exc.reason, exc.where.replace("measure.", "--").replace("_", "-")) from None
 
 
 def write_json(path: str, data: dict[str, Any]) -> None:
     target = Path(path)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, default=str)
-        os.replace(tmp, target)
+        atomic_write(target, json.dumps(data, indent=2, default=str))
     except OSError as exc:
         raise ConfigError(f"cannot write {path}: {exc.strerror or exc}", "--json") from None
 
 
 def main(args: argparse.Namespace) -> int:
+    from hybridlab.measure.compare import compare
+    from hybridlab.measure.table import format_report
+    from hybridlab.models import settings_from_args
+
     profile = profile_from_args(args)
     settings = settings_from_args(args)
     baselines = split_names(args.vs)

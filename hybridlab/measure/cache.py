@@ -2,7 +2,7 @@
 
 Key parts are typically (architecture id, measurement profile, environment fingerprint); the file
 name is a hash of their canonical JSON. Writes go to a temporary file in the same directory and
-are moved into place with os.replace, which is atomic, so concurrent workers never see half a
+are moved into place atomically (hybridlab.atomic), so concurrent workers never see half a
 file (two workers that miss at once both measure; the last write wins and both are valid).
 """
 
@@ -11,12 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar, Union
 
+from hybridlab.atomic import atomic_write
 from hybridlab.errors import ConfigError
 from hybridlab.measure.record import MeasureRecord
 
@@ -61,7 +61,7 @@ class MeasureCache:
         return value
 
     def put(self, key_parts: Mapping[str, Any], value: MeasureRecord | Mapping[str, Any]) -> Path:
-        """Store atomically (temp file + os.replace); returns the file's path."""
+        """Store atomically (hybridlab.atomic.atomic_write); returns the file's path."""
         is_record = isinstance(value, MeasureRecord)
         data = value.to_dict() if is_record else dict(value)
         if is_record:
@@ -75,32 +75,12 @@ class MeasureCache:
         }
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.path(key_parts)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=self.directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(entry, fh, indent=1, sort_keys=True, default=str)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        atomic_write(path, json.dumps(entry, indent=1, sort_keys=True, default=str))
         return path
 
-    def get_or_measure(self, key_parts: Any, fn: Any, measure_fn: Callable[[], Value] | None = None) -> Value:
+    def get_or_measure(self, key_parts: Mapping[str, Any], fn: Callable[[], Value]) -> Value:
         """The cached value for `key_parts`, or `fn()` stored and returned. Records from the cache
-        have `cached=True`.
-
-        Also callable as `get_or_measure(model, profile, fn)`: the key parts are then
-        `measure_key(model, profile)` (architecture id, profile, environment fingerprint).
-        """
-        if measure_fn is not None:
-            from hybridlab.measure.api import measure_key
-
-            key_parts, fn = measure_key(key_parts, fn), measure_fn
+        have `cached=True`."""
         if not isinstance(key_parts, Mapping):
             raise ConfigError(f"key_parts must be a mapping, got {type(key_parts).__name__}", "measure.cache")
         hit = self.get(key_parts)
