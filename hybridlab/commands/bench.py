@@ -142,6 +142,10 @@ def main(args: argparse.Namespace) -> int:
     )
     records = [result.record, *result.baselines]
     print(format_report(records, result.ratios))
+    warnings = result.warnings
+    if warnings:
+        print(f"hybridlab bench: warning: measured under contention, figures may be low and were not cached: "
+              f"{'; '.join(warnings)}", file=sys.stderr)  # fmt: skip
     if args.json:
         write_json(args.json, result.to_dict())
         print(f"wrote {args.json}", file=sys.stderr)

@@ -32,6 +32,8 @@ _EXPORTS = {
     "count_compute_fresh": "flops",
     "sdpa_flops": "flops",
     "MeasureError": "phases",
+    "ContentionGuard": "guard",
+    "GuardReaders": "guard",
     "FIGURES": "record",
     "PRECISIONS": "record",
     "MeasureProfile": "record",

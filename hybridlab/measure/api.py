@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -20,9 +21,11 @@ import torch
 from torch import nn
 
 from hybridlab.errors import ConfigError
+from hybridlab.measure import guard as guard_module
 from hybridlab.measure.cache import MeasureCache
 from hybridlab.measure.env import collect_env, env_fingerprint, load_average
 from hybridlab.measure.flops import ComputeCounts, count_compute, count_compute_fresh
+from hybridlab.measure.guard import ContentionGuard
 from hybridlab.measure.phases import run_inference, run_latency, run_train
 from hybridlab.measure.record import MeasureProfile, MeasureRecord
 from hybridlab.measure.resolve import ModelSource, infer_in_chans, resolve_model
@@ -100,6 +103,7 @@ def measure(
     *,
     cache: MeasureCache | str | None = None,
     label: str | None = None,
+    guard: ContentionGuard | None = None,
     **overrides: Any,
 ) -> MeasureRecord:
     """Measure `model` (nn.Module, ModelSpec, preset/timm name, or pattern) under `profile`.
@@ -109,7 +113,9 @@ def measure(
     for patterns and to timm.create_model for names. With `cache` (a MeasureCache or a directory),
     an identical architecture + profile + environment is measured once and then read back.
     A given nn.Module is moved to the profile's device (and to channels_last when asked); its
-    weights are not changed (training throughput runs on a copy).
+    weights are not changed (training throughput runs on a copy). `guard` (default: a
+    ContentionGuard with its documented thresholds) judges every timed window; a record with a
+    window that stayed contended is `noisy` and is not stored in the cache.
     """
     profile, settings = split_overrides(profile, overrides)
     profile = profile.resolved()
@@ -120,9 +126,9 @@ def measure(
         key_env = collect_env(profile.device, profile.precision, profile.channels_last, profile.compile)
         key_parts = cache_key_parts(source, profile, key_env)
         if cache is None:
-            return _measure(source, profile, key_parts["env"])
+            return _measure(source, profile, key_parts["env"], guard)
         store = cache if isinstance(cache, MeasureCache) else MeasureCache(cache)
-        record = store.get_or_measure(key_parts, lambda: _measure(source, profile, key_parts["env"]))
+        record = store.get_or_measure(key_parts, lambda: _measure(source, profile, key_parts["env"], guard))
         record.model = source.label  # the same architecture may have been stored under another name
         return record
 
@@ -137,9 +143,16 @@ def resolve_source(model: Any, profile: MeasureProfile, settings: Mapping[str, A
     return resolve_model(model, settings, img_size=profile.img_size)
 
 
-def _measure(source: ModelSource, profile: MeasureProfile, fingerprint: str) -> MeasureRecord:
+def fresh_guard(template: ContentionGuard | None, device: torch.device) -> ContentionGuard:
+    """A guard with no history, from `template`'s settings (CPU share is judged on CPU windows only)."""
+    base = template if template is not None else guard_module.default_guard()
+    return dataclasses.replace(base, retried=0, stayed=[], _exhausted=False, check_cpu=base.check_cpu and device.type == "cpu")
+
+
+def _measure(source: ModelSource, profile: MeasureProfile, fingerprint: str, guard: ContentionGuard | None) -> MeasureRecord:
     start = time.perf_counter()
     device = torch.device(profile.device)
+    guard = fresh_guard(guard, device)
     record = MeasureRecord(
         model=source.label,
         arch_id=source.arch_id,
@@ -176,19 +189,22 @@ def _measure(source: ModelSource, profile: MeasureProfile, fingerprint: str) -> 
         record.env["fingerprint"] = fingerprint
         runner = torch.compile(model, mode=profile.compile) if profile.compile else model
         if profile.wants("throughput"):
-            run_inference(record, runner, profile, device, in_chans)
+            run_inference(record, runner, profile, device, in_chans, guard)
         if profile.wants("latency"):
-            run_latency(record, runner, profile, device, in_chans)
+            run_latency(record, runner, profile, device, in_chans, guard)
         del runner
         if profile.wants("train"):
             train_model = copy.deepcopy(model) if source.given else model
-            run_train(record, train_model, profile, device, in_chans)
+            run_train(record, train_model, profile, device, in_chans, guard)
             del train_model
     finally:
         if source.given:
             model.train(was_training)
         free_memory(device, full=True)
     record.wall_s = round(time.perf_counter() - start, 3)
+    record.threads = record.env.get("threads") if device.type == "cpu" else None
+    record.noisy, record.noisy_reason = guard.noisy, guard.reason
+    record.contention = guard.summary()
     if record.env:
         record.env["load_avg_end"] = load_average()
     return record

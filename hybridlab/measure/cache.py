@@ -32,6 +32,13 @@ def cache_key(key_parts: Mapping[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
+def is_noisy(value: Any) -> bool:
+    """True for a record (or its dict) that the contention guard marked noisy."""
+    if isinstance(value, MeasureRecord):
+        return bool(value.noisy)
+    return isinstance(value, Mapping) and bool(value.get("noisy"))
+
+
 class MeasureCache:
     """JSON files under `directory` (created on first use), one per key."""
 
@@ -54,14 +61,19 @@ class MeasureCache:
         if not isinstance(entry, dict) or entry.get("key_parts") != json.loads(json.dumps(key_parts)):
             return None  # hash collision or foreign file: never return someone else's figures
         value = entry.get("value")
+        if is_noisy(value):
+            return None  # never serve a figure taken under contention
         if entry.get("kind") == "MeasureRecord" and isinstance(value, dict):
             record = MeasureRecord.from_dict(value)
             record.cached = True
             return record
         return value
 
-    def put(self, key_parts: Mapping[str, Any], value: MeasureRecord | Mapping[str, Any]) -> Path:
-        """Store atomically (hybridlab.atomic.atomic_write); returns the file's path."""
+    def put(self, key_parts: Mapping[str, Any], value: MeasureRecord | Mapping[str, Any]) -> Path | None:
+        """Store atomically (hybridlab.atomic.atomic_write); returns the file's path, or None for a
+        noisy record (one taken under contention), which is never stored."""
+        if is_noisy(value):
+            return None
         is_record = isinstance(value, MeasureRecord)
         data = value.to_dict() if is_record else dict(value)
         if is_record:
@@ -80,7 +92,7 @@ class MeasureCache:
 
     def get_or_measure(self, key_parts: Mapping[str, Any], fn: Callable[[], Value]) -> Value:
         """The cached value for `key_parts`, or `fn()` stored and returned. Records from the cache
-        have `cached=True`."""
+        have `cached=True`; a noisy result is returned but not stored, so the next call measures again."""
         if not isinstance(key_parts, Mapping):
             raise ConfigError(f"key_parts must be a mapping, got {type(key_parts).__name__}", "measure.cache")
         hit = self.get(key_parts)
@@ -98,4 +110,4 @@ class MeasureCache:
         return sum(1 for p in self.directory.glob("*.json"))
 
 
-__all__ = ["MeasureCache", "cache_key"]
+__all__ = ["MeasureCache", "cache_key", "is_noisy"]

@@ -14,6 +14,7 @@ from torch import nn
 
 from hybridlab.measure.api import measure, resolve_source, split_overrides
 from hybridlab.measure.cache import MeasureCache
+from hybridlab.measure.guard import ContentionGuard, warnings_for
 from hybridlab.measure.record import MeasureProfile, MeasureRecord
 from hybridlab.measure.resolve import ModelSource, is_model_name
 from hybridlab.metrics import RATIO_METRICS
@@ -36,10 +37,16 @@ class Comparison:
     baselines: list[MeasureRecord] = field(default_factory=list)
     ratios: dict[str, dict[str, float | None]] = field(default_factory=dict)
 
+    @property
+    def warnings(self) -> list[str]:
+        """`model: reason` for every record whose timing stayed contended (empty when all are clean)."""
+        return warnings_for([self.record, *self.baselines])
+
     def to_dict(self) -> dict[str, Any]:
         out = self.record.to_dict()
         out["baselines"] = [b.to_dict() for b in self.baselines]
         out["ratios"] = self.ratios
+        out["measurement_warnings"] = self.warnings
         return out
 
 
@@ -50,6 +57,7 @@ def compare(
     *,
     cache: MeasureCache | str | None = None,
     progress: Callable[[str], None] | None = None,
+    guard: ContentionGuard | None = None,
     **overrides: Any,
 ) -> Comparison:
     """Measure `model` and each baseline under the same profile, in this process, one after another.
@@ -72,10 +80,10 @@ def compare(
             base_settings = dict(settings)
         sources.append(resolve_source(base, resolved, base_settings))
     say(f"measuring {target.label}")
-    result = Comparison(record=measure(target, profile, cache=cache))
+    result = Comparison(record=measure(target, profile, cache=cache, guard=guard))
     for source in sources:
         say(f"measuring baseline {source.label}")
-        rec = measure(source, profile, cache=cache)
+        rec = measure(source, profile, cache=cache, guard=guard)
         label, n = rec.model, 2
         while label in result.ratios:
             label, n = f"{rec.model}#{n}", n + 1

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hybridlab.errors import HybridlabError
+from hybridlab.measure.guard import ContentionGuard
 from hybridlab.measure.record import MeasureProfile, MeasureRecord
 from hybridlab.measure.timing import (
     PeakMemory,
@@ -68,8 +69,9 @@ def _backoff_recorder(record: MeasureRecord, phase: str) -> Callable[[int, int],
     return note
 
 
-def _timing_kwargs(profile: MeasureProfile) -> dict[str, Any]:
+def _timing_kwargs(profile: MeasureProfile, guard: ContentionGuard | None) -> dict[str, Any]:
     return dict(
+        guard=guard,
         repeats=profile.repeats,
         warmup_iters=profile.warmup_iters,
         warmup_s=profile.warmup_s,
@@ -79,7 +81,14 @@ def _timing_kwargs(profile: MeasureProfile) -> dict[str, Any]:
     )
 
 
-def run_inference(record: MeasureRecord, runner: nn.Module, profile: MeasureProfile, device: torch.device, in_chans: int) -> None:
+def run_inference(
+    record: MeasureRecord,
+    runner: nn.Module,
+    profile: MeasureProfile,
+    device: torch.device,
+    in_chans: int,
+    guard: ContentionGuard | None = None,
+) -> None:
     autocast = autocast_for(profile, device)
 
     def run(batch: int) -> tuple[WindowTiming, PeakMemory]:
@@ -90,7 +99,7 @@ def run_inference(record: MeasureRecord, runner: nn.Module, profile: MeasureProf
                 runner(x)
 
         with torch.inference_mode(), PeakMemory(device) as mem:
-            timing = time_windows(step, device, **_timing_kwargs(profile))
+            timing = time_windows(step, device, **_timing_kwargs(profile, guard))
         return timing, mem
 
     batch, (timing, mem) = with_oom_backoff(run, profile.batch_size, device, _backoff_recorder(record, "inference"))
@@ -103,7 +112,14 @@ def run_inference(record: MeasureRecord, runner: nn.Module, profile: MeasureProf
     record.timing["inference"] = _timing_dict(timing, batch)
 
 
-def run_latency(record: MeasureRecord, runner: nn.Module, profile: MeasureProfile, device: torch.device, in_chans: int) -> None:
+def run_latency(
+    record: MeasureRecord,
+    runner: nn.Module,
+    profile: MeasureProfile,
+    device: torch.device,
+    in_chans: int,
+    guard: ContentionGuard | None = None,
+) -> None:
     autocast = autocast_for(profile, device)
     x = synthetic_input(1, in_chans, profile, device)
 
@@ -113,7 +129,7 @@ def run_latency(record: MeasureRecord, runner: nn.Module, profile: MeasureProfil
 
     try:
         with torch.inference_mode():
-            timing = time_windows(step, device, per_call=True, **_timing_kwargs(profile))
+            timing = time_windows(step, device, per_call=True, **_timing_kwargs(profile, guard))
     except Exception as exc:
         if is_oom(exc):
             raise MeasureError(f"{record.model}: out of memory at batch size 1 on {device.type} (latency)") from None
@@ -124,7 +140,14 @@ def run_latency(record: MeasureRecord, runner: nn.Module, profile: MeasureProfil
     record.timing["latency"] = _timing_dict(timing, 1)
 
 
-def run_train(record: MeasureRecord, model: nn.Module, profile: MeasureProfile, device: torch.device, in_chans: int) -> None:
+def run_train(
+    record: MeasureRecord,
+    model: nn.Module,
+    profile: MeasureProfile,
+    device: torch.device,
+    in_chans: int,
+    guard: ContentionGuard | None = None,
+) -> None:
     """Forward, loss, backward and an AdamW step per iteration (GradScaler with fp16 AMP)."""
     autocast = autocast_for(profile, device)
     model.train()
@@ -157,7 +180,7 @@ def run_train(record: MeasureRecord, model: nn.Module, profile: MeasureProfile, 
 
         try:
             with PeakMemory(device) as mem:
-                timing = time_windows(step, device, **_timing_kwargs(profile))
+                timing = time_windows(step, device, **_timing_kwargs(profile, guard))
         finally:
             opt.zero_grad(set_to_none=True)  # free the gradients before the next (smaller) attempt
         return timing, mem

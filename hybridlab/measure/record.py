@@ -167,6 +167,7 @@ class MeasureRecord:
     counts (2 x matmul/conv MACs, F.conv1d included) plus attention matmuls and the analytic
     selective-scan term. Throughputs are medians over `repeats` timed windows; latency is the median
     over single synchronised batch-1 calls. `peak_mem_mb` is the inference run's; see `peak_mem_method`.
+    `noisy` says a timed window stayed contended (other processes took the CPU); see `noisy_reason`.
     """
 
     model: str
@@ -200,6 +201,10 @@ class MeasureRecord:
     env: dict[str, Any] = field(default_factory=dict)
     wall_s: float | None = None
     cached: bool = False
+    threads: int | None = None  # torch intra-op threads the figures were timed with (CPU)
+    noisy: bool = False  # a timed window stayed contended after its retries: do not trust, never cache
+    noisy_reason: str | None = None
+    contention: dict[str, Any] = field(default_factory=dict)  # the contention guard's summary
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
