@@ -42,7 +42,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--window-s", default=str(d.window_s), metavar="S", help=f"target length of a timed window (default {d.window_s})")
     parser.add_argument("--iters", default=None, metavar="N", help="fixed iterations per window (default: fill --window-s)")
     parser.add_argument("--figures", default=",".join(FIGURES), metavar="LIST", help=f"subset of {','.join(FIGURES)}")
-    parser.add_argument("--threads", default=None, metavar="N", help="torch intra-op threads (default: leave as is)")
+    parser.add_argument(
+        "--threads", default=str(d.threads), metavar="N",
+        help=f"torch intra-op threads while timing (default {d.threads}: robust on a shared CPU, see docs/benchmarks/threads.md)",
+    )
     parser.add_argument("--tf32", default=None, metavar="on|off", help="set TF32 for fp32 matmul/conv (default: leave as is)")
     parser.add_argument("--vs", action="append", default=[], metavar="NAME,NAME", help="baselines measured in the same run")
     parser.add_argument("--json", metavar="PATH", help="write one JSON object with every figure, env, baselines and ratios")

@@ -47,8 +47,14 @@ class MeasureProfile:
     Warm-up runs until BOTH `warmup_iters` iterations and `warmup_s` seconds have passed. Each of the
     `repeats` timed windows runs `iters` iterations, or (when `iters` is None) as many as fill about
     `window_s` seconds, at most `max_iters`. `in_chans` / `num_classes` override the model's when set.
-    `tf32` None leaves torch's TF32 flags as they are (they are recorded either way); `threads` None
-    leaves torch's intra-op thread count alone.
+    `tf32` None leaves torch's TF32 flags as they are (they are recorded either way).
+
+    `threads` is torch's intra-op thread count while timing (recorded in the record and its env;
+    None leaves torch's own). It defaults to 1 because of a measurement on a shared 2-core machine
+    (docs/benchmarks/threads.md): with 2 threads and OpenMP's default spin-waiting, a busy machine
+    cut a small hybrid to 13-18 img/s against 90-340 img/s with 1 thread, a 5-20x collapse that 1
+    thread never showed; OMP_WAIT_POLICY=PASSIVE also avoids it but must be set before torch starts,
+    which a library cannot guarantee. Ask for more threads on a machine you have to yourself.
     """
 
     batch_size: int = 128
@@ -67,7 +73,7 @@ class MeasureProfile:
     in_chans: int | None = None
     num_classes: int | None = None
     tf32: bool | None = None
-    threads: int | None = None
+    threads: int | None = 1
     cudnn_benchmark: bool = True
     seed: int = 0
 
