@@ -392,8 +392,13 @@ def test_bench_cli_writes_json_with_baselines(tmp_path, capsys):
     assert [b["model"] for b in data["baselines"]] == ["C | A*2", "C | M[d_state=4] M"]
     assert set(data["ratios"]) == {"C | A*2", "C | M[d_state=4] M"}
     assert data["ratios"]["C | A*2"]["params"] == pytest.approx(data["params"] / data["baselines"][0]["params"], rel=1e-3)
+    # throughput was timed side by side: one window per model per round, ratio = median of per-round ratios
+    assert data["timing"]["inference"]["side_by_side"] is True and data["timing"]["inference"]["rounds"] == 1
+    runs = [data["throughput_runs"][0] / b["throughput_runs"][0] for b in data["baselines"]]
+    assert [data["ratios"][k]["throughput_img_s"] for k in data["ratios"]] == pytest.approx(runs, rel=1e-3)
+    assert data["throughput_interval"] == "iqr" and data["threads"] == 1 and isinstance(data["measurement_warnings"], list)
     printed = capsys.readouterr().out
-    assert "inference (img/s)" in printed and "C | M A / C | A*2" in printed
+    assert "inference (img/s)" in printed and "C | M A / C | A*2" in printed and "side by side" in printed
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,8 @@
     hybridlab bench mambavision_t --batch-size 8 --device cpu --repeats 3 --vs convnext_tiny --json out.json
 
 `--vs` measures baselines (timm names, presets or patterns) in the same run and prints
-candidate / baseline ratios. Bad input ends in one line (HybridlabError), never a traceback.
+candidate / baseline ratios; their throughput is timed side by side, in `--repeats` interleaved
+rounds, so a busy period slows every model alike. Bad input ends in one line (HybridlabError), never a traceback.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help=f"torch intra-op threads while timing (default {d.threads}: robust on a shared CPU, see docs/benchmarks/threads.md)",
     )
     parser.add_argument("--tf32", default=None, metavar="on|off", help="set TF32 for fp32 matmul/conv (default: leave as is)")
-    parser.add_argument("--vs", action="append", default=[], metavar="NAME,NAME", help="baselines measured in the same run")
+    parser.add_argument("--vs", action="append", default=[], metavar="NAME,NAME", help="baselines measured in the same run (throughput side by side, in interleaved rounds)")
     parser.add_argument("--json", metavar="PATH", help="write one JSON object with every figure, env, baselines and ratios")
     parser.add_argument("--cache-dir", metavar="DIR", help="reuse figures measured before under the same profile and machine")
     from hybridlab.models import add_model_args  # the model flags are shared with `show`
@@ -142,6 +143,7 @@ def main(args: argparse.Namespace) -> int:
         cache=args.cache_dir,
         progress=lambda msg: print(f"hybridlab bench: {msg} ...", file=sys.stderr, flush=True),
         model_kwargs=settings,
+        side_by_side=True,  # with baselines, throughput is timed in interleaved rounds
     )
     records = [result.record, *result.baselines]
     print(format_report(records, result.ratios))

@@ -40,6 +40,9 @@ _EXPORTS = {
     "MeasureRecord": "record",
     "ModelSource": "resolve",
     "resolve_model": "resolve",
+    "CandidateThroughput": "side_by_side",
+    "SideBySide": "side_by_side",
+    "measure_side_by_side": "side_by_side",
 }
 
 __all__ = sorted(_EXPORTS)

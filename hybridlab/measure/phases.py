@@ -23,6 +23,7 @@ from hybridlab.measure.timing import (
     WindowTiming,
     is_oom,
     median_iqr,
+    quartiles,
     time_windows,
     with_oom_backoff,
 )
@@ -105,6 +106,8 @@ def run_inference(
     batch, (timing, mem) = with_oom_backoff(run, profile.batch_size, device, _backoff_recorder(record, "inference"))
     rates = timing.rates(batch)
     record.throughput_img_s, record.throughput_iqr_img_s = median_iqr(rates)
+    record.throughput_lo, record.throughput_hi = quartiles(rates)
+    record.throughput_interval = "iqr"
     record.throughput_runs = [round(r, 3) for r in rates]
     record.inference_batch_size = batch
     record.peak_mem_mb = round(mem.peak_mb, 2) if mem.peak_mb is not None else None

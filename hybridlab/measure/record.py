@@ -189,6 +189,9 @@ class MeasureRecord:
     throughput_img_s: float | None = None
     throughput_iqr_img_s: float | None = None
     throughput_runs: list[float] = field(default_factory=list)
+    throughput_lo: float | None = None  # interval of throughput_img_s: quartiles of the windows (or rounds)
+    throughput_hi: float | None = None
+    throughput_interval: str | None = None  # "iqr"
     inference_batch_size: int | None = None
     latency_ms: float | None = None
     latency_iqr_ms: float | None = None

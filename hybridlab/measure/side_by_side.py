@@ -29,7 +29,15 @@ from hybridlab.measure.guard import ContentionGuard
 from hybridlab.measure.phases import autocast_for, synthetic_input
 from hybridlab.measure.record import MeasureProfile
 from hybridlab.measure.resolve import infer_in_chans
-from hybridlab.measure.timing import PeakMemory, free_memory, iters_for, time_windows, warm_up, with_oom_backoff
+from hybridlab.measure.timing import (
+    PeakMemory,
+    free_memory,
+    iters_for,
+    quartiles,
+    time_windows,
+    warm_up,
+    with_oom_backoff,
+)
 
 MAX_ROUNDS = 1000
 
@@ -38,10 +46,8 @@ def iqr_bounds(values: list[float]) -> tuple[float | None, float | None, float |
     """(median, q25, q75) with 'inclusive' quartiles, so two values already give an interval."""
     if not values:
         return None, None, None
-    if len(values) == 1:
-        return values[0], values[0], values[0]
-    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
-    return statistics.median(values), q1, q3
+    lo, hi = quartiles(values)
+    return float(statistics.median(values)), lo, hi
 
 
 @dataclass
@@ -186,7 +192,7 @@ def measure_side_by_side(
                                           iters=entry.result.iters_per_window, max_iters=entry.result.iters_per_window,
                                           guard=entry.guard)  # fmt: skip
                     entry.result.rates.extend(timing.rates(entry.result.batch_size) or [0.0])
-        free_memory(device, full=True)
+        free_memory(device)
     ref_rates = entries[reference].result.rates
     for entry in entries.values():
         res = entry.result

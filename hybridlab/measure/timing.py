@@ -167,6 +167,16 @@ def median_iqr(values: list[float]) -> tuple[float | None, float | None]:
     return float(statistics.median(values)), float(q3 - q1)
 
 
+def quartiles(values: list[float]) -> tuple[float | None, float | None]:
+    """(q25, q75), 'inclusive' like median_iqr; one value gives (value, value)."""
+    if not values:
+        return None, None
+    if len(values) == 1:
+        return float(values[0]), float(values[0])
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return float(q1), float(q3)
+
+
 def with_oom_backoff(
     run: Callable[[int], T], batch_size: int, device: torch.device, on_backoff: Callable[[int, int], None] | None = None
 ) -> tuple[int, T]:
@@ -302,6 +312,7 @@ __all__ = [
     "is_oom",
     "iters_for",
     "median_iqr",
+    "quartiles",
     "synchronize",
     "time_windows",
     "warm_up",
