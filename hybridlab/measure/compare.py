@@ -149,7 +149,8 @@ def _fill_throughput(record: MeasureRecord, cand: CandidateThroughput, profile: 
                                   "iters_per_window": cand.iters_per_window, "retried": cand.retried}  # fmt: skip
     if cand.noisy:
         record.noisy = True
-        record.noisy_reason = "; ".join(r for r in (record.noisy_reason, cand.noisy_reason) if r)
+        mine = f"throughput side by side: {cand.noisy_reason}"
+        record.noisy_reason = f"{record.noisy_reason}; {mine}" if record.noisy_reason else mine
     record.cached = False  # the throughput was measured now
 
 
