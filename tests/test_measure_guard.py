@@ -88,11 +88,12 @@ def test_low_cpu_share_is_named_with_threads():
     assert guard.noisy and guard.reason.startswith("cpu 41% of 2 threads; load 5.3 on 2 cores")
 
 
-def test_high_load_alone_is_contention():
+def test_high_load_alone_is_contention_but_not_retried():
     machine = FakeMachine(shares=[1.0], loads=[3.0])
-    guard = guard_for(machine, retries=0)
-    windows(machine, guard, repeats=1)
-    assert guard.noisy and guard.stayed == ["load 3.0 on 2 cores"]
+    guard = guard_for(machine, retries=2)
+    windows(machine, guard, repeats=2)
+    assert guard.noisy and guard.stayed == ["load 3.0 on 2 cores"] * 2
+    assert guard.retried == 0 and machine.sleeps == []  # a 1-minute average does not change in a pause
 
 
 def test_contended_window_is_retried_and_the_retry_kept():

@@ -9,8 +9,8 @@ it. Two readings expose that without any timing threshold of our own:
 - the 1-minute load average against the core count: more runnable tasks than cores means someone
   waits, even when this window happened to be lucky (the load average lags by about a minute).
 
-A contended window is retried after a pause, a bounded number of times; a window that stays
-contended marks the whole record `noisy` with a reason such as "cpu 41% of 2 threads; load 5.3
+A window that did not get its CPU is retried after a pause, a bounded number of times (one flagged
+by the load alone is not: the average cannot change in a pause); a window that stays contended marks the whole record `noisy` with a reason such as "cpu 41% of 2 threads; load 5.3
 on 2 cores". Noisy records are never cached. Every reader (clock, CPU time, load, core count,
 sleep) can be replaced, so tests simulate contention without timing anything.
 """
@@ -116,8 +116,10 @@ class ContentionGuard:
         return WindowCheck(wall, share, used, load, cores, "; ".join(problems) or None)
 
     def should_retry(self, check: WindowCheck, attempt: int) -> bool:
-        """True when `check` is contended and this window may be retried (after `pause`)."""
-        if not check.contended or self._exhausted:
+        """True when this window may be timed again (after `pause`): its CPU share was low and retries are
+        left. A window flagged by the load alone is not retried: a 1-minute average cannot change in a pause."""
+        cpu_starved = check.cpu_share is not None and check.cpu_share < self.min_cpu_share
+        if not check.contended or not cpu_starved or self._exhausted:
             return False
         if attempt >= self.retries:
             self._exhausted = True
