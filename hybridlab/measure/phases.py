@@ -60,6 +60,9 @@ def _timing_dict(t: WindowTiming, batch: int) -> dict[str, Any]:
         "windows_s": [round(w, 6) for w in t.window_s],
         "warmup_iters": t.warmup_iters,
         "warmup_s": round(t.warmup_s, 4),
+        "cpu_share": [None if c.cpu_share is None else round(c.cpu_share, 3) for c in t.checks],
+        "load1": [c.load1 for c in t.checks],
+        "contended": [c.reason for c in t.checks],
     }
 
 
