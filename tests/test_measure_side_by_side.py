@@ -74,6 +74,8 @@ def test_ratios_hold_through_slow_periods_and_order_is_seeded():
     assert fast["throughput_rel_runs"] == pytest.approx([2.0] * 5) and slow["throughput_rel_runs"] == pytest.approx([0.25] * 5)
     assert (fast["throughput_rel"], fast["throughput_rel_lo"], fast["throughput_rel_hi"]) == pytest.approx((2.0, 2.0, 2.0))
     assert ref["throughput_rel"] == 1.0 and ref["throughput_interval"] == "iqr"
+    # the fake process always gets its CPU, so images per CPU-second give the same ratios
+    assert fast["throughput_cpu_rel"] == pytest.approx(2.0) and slow["throughput_cpu_rel"] == pytest.approx(0.25)
     mid, lo, hi = iqr_bounds(sorted(4 / 0.1 / f for f in slowdowns))
     assert (ref["throughput_img_s"], ref["throughput_lo"], ref["throughput_hi"]) == pytest.approx((mid, lo, hi), rel=1e-3)
     assert ref["throughput_lo"] < ref["throughput_img_s"] < ref["throughput_hi"]
@@ -97,6 +99,7 @@ def test_a_starved_candidate_is_noisy_and_named():
     guard = ContentionGuard(readers=clock.readers(), retries=1, min_window_s=0.0)
     result = measure_side_by_side(models(clock), PROFILE, rounds=3, guard=guard)
     slow = result.candidates["slow"]
+    assert slow.to_dict()["throughput_cpu_img_s"] == 0.0  # no CPU time: no CPU-time rate
     assert slow.noisy and slow.noisy_reason.startswith("cpu 0% of 1 thread") and slow.retried == 1
     assert not result.candidates["ref"].noisy and result.warnings == [f"slow: {slow.noisy_reason}"]
     assert result.to_dict()["measurement_warnings"] == result.warnings

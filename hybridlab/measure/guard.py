@@ -58,6 +58,7 @@ class WindowCheck:
     load1: float | None
     cores: int
     reason: str | None  # None: not contended
+    cpu_s: float | None = None  # CPU seconds of this process (all threads) over the window
 
     @property
     def contended(self) -> bool:
@@ -100,20 +101,21 @@ class ContentionGuard:
         """Judge the window that began at `token`, run with `threads` intra-op threads."""
         wall1, cpu1 = self.readers.wall(), self.readers.cpu()
         wall = wall1 - token[0]
+        cpu_s = cpu1 - token[1]
         if not self.enabled:
-            return WindowCheck(wall, None, threads, None, 0, None)
+            return WindowCheck(wall, None, threads, None, 0, None, cpu_s)
         cores = int(self.readers.cores())
         used = max(1, min(int(threads), cores))
         share = None
         if self.check_cpu and wall >= self.min_window_s:
-            share = (cpu1 - token[1]) / (wall * used)
+            share = cpu_s / (wall * used)
         load = self.readers.load1()
         problems = []
         if share is not None and share < self.min_cpu_share:
             problems.append(f"cpu {share:.0%} of {used} thread{'s' if used != 1 else ''}")
         if load is not None and load > cores + self.load_margin:
             problems.append(f"load {load:.1f} on {cores} core{'s' if cores != 1 else ''}")
-        return WindowCheck(wall, share, used, load, cores, "; ".join(problems) or None)
+        return WindowCheck(wall, share, used, load, cores, "; ".join(problems) or None, cpu_s)
 
     def should_retry(self, check: WindowCheck, attempt: int) -> bool:
         """True when this window may be timed again (after `pause`): its CPU share was low and retries are

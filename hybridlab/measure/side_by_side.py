@@ -8,6 +8,11 @@ alike, and the ratio to the reference, taken within each round, stays stable whe
 do not. Each candidate reports the median over rounds with its interquartile range, the per-round
 ratios to the reference with their median and IQR, and whether any of its windows stayed contended.
 
+It also reports throughput per CPU-second of this process (`throughput_cpu_*`): images over the
+CPU time the process actually got in the window. With one thread this approximates the undisturbed
+img/s even when the process only got part of a core, so on a busy machine its ratios are the steadier
+estimate (with several spin-waiting threads it counts spinning as work, so it is not).
+
     result = measure_side_by_side({"default": spec_a, "conv": spec_b}, profile, rounds=5, reference="default")
     result.candidates["conv"].to_dict()["throughput_rel"]
 """
@@ -61,6 +66,8 @@ class CandidateThroughput:
     threads: int | None
     rates: list[float] = field(default_factory=list)  # img/s, one per round, in round order
     rel: list[float] = field(default_factory=list)  # rate / reference rate in the same round
+    cpu_rates: list[float] = field(default_factory=list)  # images per CPU-second of this process, per round
+    cpu_rel: list[float] = field(default_factory=list)  # cpu rate / reference cpu rate in the same round
     peak_mem_mb: float | None = None
     noisy: bool = False
     noisy_reason: str | None = None
@@ -77,6 +84,8 @@ class CandidateThroughput:
     def to_dict(self) -> dict[str, Any]:
         mid, lo, hi = self.throughput
         rel, rel_lo, rel_hi = self.relative
+        cpu_mid, _, _ = iqr_bounds(self.cpu_rates)
+        cpu_rel, cpu_rel_lo, cpu_rel_hi = iqr_bounds(self.cpu_rel)
         return {
             "label": self.label,
             "arch_id": self.arch_id,
@@ -90,6 +99,10 @@ class CandidateThroughput:
             "noisy": self.noisy,
             "noisy_reason": self.noisy_reason,
             "threads": self.threads,
+            "throughput_cpu_img_s": _round(cpu_mid),
+            "throughput_cpu_rel": _round(cpu_rel, 6),
+            "throughput_cpu_rel_lo": _round(cpu_rel_lo, 6),
+            "throughput_cpu_rel_hi": _round(cpu_rel_hi, 6),
             "batch_size": self.batch_size,
             "iters_per_window": self.iters_per_window,
             "rounds": len(self.rates),
@@ -191,12 +204,16 @@ def measure_side_by_side(
                     timing = time_windows(entry.step, device, repeats=1, warmup_iters=0, warmup_s=0.0, window_s=0.0,
                                           iters=entry.result.iters_per_window, max_iters=entry.result.iters_per_window,
                                           guard=entry.guard)  # fmt: skip
-                    entry.result.rates.extend(timing.rates(entry.result.batch_size) or [0.0])
+                    res = entry.result
+                    res.rates.extend(timing.rates(res.batch_size) or [0.0])
+                    cpu_s = timing.checks[0].cpu_s if timing.checks else None
+                    res.cpu_rates.append(res.batch_size * res.iters_per_window / cpu_s if cpu_s else 0.0)
         free_memory(device)
-    ref_rates = entries[reference].result.rates
+    ref = entries[reference].result
     for entry in entries.values():
         res = entry.result
-        res.rel = [a / b for a, b in zip(res.rates, ref_rates) if b > 0]
+        res.rel = [a / b for a, b in zip(res.rates, ref.rates) if b > 0]
+        res.cpu_rel = [a / b for a, b in zip(res.cpu_rates, ref.cpu_rates) if b > 0]
         res.noisy, res.noisy_reason, res.retried = entry.guard.noisy, entry.guard.reason, entry.guard.retried
     return SideBySide(
         reference=reference,
