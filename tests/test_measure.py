@@ -233,7 +233,8 @@ def test_measure_pattern_takes_every_figure():
     assert rec.model == "C | M A" and rec.arch_id.startswith("spec:")
     assert rec.params and rec.macs and rec.flops > 2 * rec.macs  # FLOPs add attention, scan and conv1d
     assert rec.flops_breakdown["scan"] > 0 and rec.flops_breakdown["attention"] > 0
-    assert rec.throughput_img_s > 0 and len(rec.throughput_runs) == 2
+    assert rec.throughput_img_s > 0 and len(rec.throughput_runs) == 2 and rec.throughput_cpu_img_s > 0
+    assert rec.throughput_lo <= rec.throughput_img_s <= rec.throughput_hi and rec.throughput_interval == "iqr"
     assert rec.latency_ms > 0 and rec.latency_iqr_ms >= 0 and rec.latency_samples >= 2
     assert rec.train_throughput_img_s > 0 and rec.train_batch_size == 4
     assert rec.peak_mem_mb is not None and rec.peak_mem_method.startswith("peak RSS growth")

@@ -140,6 +140,7 @@ def _fill_throughput(record: MeasureRecord, cand: CandidateThroughput, profile: 
     record.throughput_img_s, record.throughput_lo, record.throughput_hi = mid, lo, hi
     record.throughput_iqr_img_s = None if lo is None or hi is None else hi - lo
     record.throughput_interval = "iqr"
+    record.throughput_cpu_img_s = iqr_bounds(cand.cpu_rates)[0]
     record.throughput_runs = [round(r, 3) for r in cand.rates]
     record.inference_batch_size = cand.batch_size
     if record.peak_mem_mb is None:

@@ -192,6 +192,7 @@ class MeasureRecord:
     throughput_lo: float | None = None  # interval of throughput_img_s: quartiles of the windows (or rounds)
     throughput_hi: float | None = None
     throughput_interval: str | None = None  # "iqr"
+    throughput_cpu_img_s: float | None = None  # images per CPU-second of this process (median over windows)
     inference_batch_size: int | None = None
     latency_ms: float | None = None
     latency_iqr_ms: float | None = None
