@@ -3,24 +3,21 @@
     hybridlab bench mambavision_t --batch-size 8 --device cpu --repeats 3 --vs convnext_tiny --json out.json
 
 `--vs` measures baselines (timm names, presets or patterns) in the same run and prints
-candidate / baseline ratios. Bad input ends in one line (HybridlabError), never a traceback.
+candidate / baseline ratios; their throughput is timed side by side, in `--repeats` interleaved
+rounds, so a busy period slows every model alike. Bad input ends in one line (HybridlabError), never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from hybridlab.atomic import atomic_write
 from hybridlab.errors import ConfigError
-from hybridlab.measure.api import compare
 from hybridlab.measure.record import FIGURES, PRECISIONS, MeasureProfile
-from hybridlab.measure.table import format_report
-from hybridlab.models import add_model_args, settings_from_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -46,11 +43,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--window-s", default=str(d.window_s), metavar="S", help=f"target length of a timed window (default {d.window_s})")
     parser.add_argument("--iters", default=None, metavar="N", help="fixed iterations per window (default: fill --window-s)")
     parser.add_argument("--figures", default=",".join(FIGURES), metavar="LIST", help=f"subset of {','.join(FIGURES)}")
-    parser.add_argument("--threads", default=None, metavar="N", help="torch intra-op threads (default: leave as is)")
+    parser.add_argument(
+        "--threads", default=str(d.threads), metavar="N",
+        help=f"torch intra-op threads while timing (default {d.threads}: robust on a shared CPU, see docs/benchmarks/threads.md)",
+    )
     parser.add_argument("--tf32", default=None, metavar="on|off", help="set TF32 for fp32 matmul/conv (default: leave as is)")
-    parser.add_argument("--vs", action="append", default=[], metavar="NAME,NAME", help="baselines measured in the same run")
+    parser.add_argument("--vs", action="append", default=[], metavar="NAME,NAME", help="baselines measured in the same run (throughput side by side, in interleaved rounds)")
     parser.add_argument("--json", metavar="PATH", help="write one JSON object with every figure, env, baselines and ratios")
     parser.add_argument("--cache-dir", metavar="DIR", help="reuse figures measured before under the same profile and machine")
+    from hybridlab.models import add_model_args  # the model flags are shared with `show`
+
     add_model_args(parser)
     parser.set_defaults(func=main)
 
@@ -78,14 +80,15 @@ def _int(raw: Any, flag: str) -> int | None:
     if raw is None:
         return None
     try:
-        return int(str(raw))
+        return int(str(raw).strip())
     except ValueError:
         raise ConfigError(f"expected an integer, got {raw!r}", flag) from None
 
 
 def _float(raw: Any, flag: str) -> float:
+    """A number; inf and nan parse here and are refused by the profile's range check, under this flag."""
     try:
-        return float(str(raw))
+        return float(str(raw).strip())
     except ValueError:
         raise ConfigError(f"expected a number, got {raw!r}", flag) from None
 
@@ -113,24 +116,23 @@ def profile_from_args(args: argparse.Namespace) -> MeasureProfile:
     try:
         return profile.resolved()
     except ConfigError as exc:  # name the flag, not the profile field
-        text = str(exc)
-        message = text[len(exc.where) + 2 :] if exc.where and text.startswith(f"{exc.where}: ") else text
-        raise ConfigError(message, exc.where.replace("measure.", "--").replace("_", "-")) from None
+        raise ConfigError(exc.reason, exc.where.replace("measure.", "--").replace("_", "-")) from None
 
 
 def write_json(path: str, data: dict[str, Any]) -> None:
     target = Path(path)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, default=str)
-        os.replace(tmp, target)
+        atomic_write(target, json.dumps(data, indent=2, default=str))
     except OSError as exc:
         raise ConfigError(f"cannot write {path}: {exc.strerror or exc}", "--json") from None
 
 
 def main(args: argparse.Namespace) -> int:
+    from hybridlab.measure.compare import compare
+    from hybridlab.measure.table import format_report
+    from hybridlab.models import settings_from_args
+
     profile = profile_from_args(args)
     settings = settings_from_args(args)
     baselines = split_names(args.vs)
@@ -141,9 +143,14 @@ def main(args: argparse.Namespace) -> int:
         cache=args.cache_dir,
         progress=lambda msg: print(f"hybridlab bench: {msg} ...", file=sys.stderr, flush=True),
         model_kwargs=settings,
+        side_by_side=True,  # with baselines, throughput is timed in interleaved rounds
     )
     records = [result.record, *result.baselines]
     print(format_report(records, result.ratios))
+    warnings = result.warnings
+    if warnings:
+        print(f"hybridlab bench: warning: measured under contention, figures may be low and were not cached: "
+              f"{'; '.join(warnings)}", file=sys.stderr)  # fmt: skip
     if args.json:
         write_json(args.json, result.to_dict())
         print(f"wrote {args.json}", file=sys.stderr)

@@ -1,55 +1,35 @@
-"""`measure()`: all figures of one model under one profile; `compare()`: the same for baselines, with ratios.
+"""`measure()`: all figures of one model under one profile, optionally through the measurement cache.
 
 Method (what a reviewer would ask for): synthetic input created on the device before timing (no
 data loading), model.eval() + torch.inference_mode for inference, AMP through torch.autocast,
 warm-up by iterations and by time, CUDA synchronisation around every timed window, `repeats`
-windows summarised by median and IQR, batch halved on out-of-memory (and recorded), and the full
-environment stored with the figures.
+windows summarised by median and IQR, batch halved on out-of-memory (and recorded), a contention
+guard around every window, and the full environment stored with the figures. The phases
+themselves live in `phases`; baselines and ratios in `compare`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from hybridlab.errors import ConfigError, HybridlabError
+from hybridlab.errors import ConfigError
+from hybridlab.measure import guard as guard_module
 from hybridlab.measure.cache import MeasureCache
 from hybridlab.measure.env import collect_env, env_fingerprint, load_average
 from hybridlab.measure.flops import ComputeCounts, count_compute, count_compute_fresh
+from hybridlab.measure.guard import ContentionGuard
+from hybridlab.measure.phases import run_inference, run_latency, run_train
 from hybridlab.measure.record import MeasureProfile, MeasureRecord
-from hybridlab.measure.resolve import ModelSource, infer_in_chans, is_model_name, resolve_model
-from hybridlab.measure.timing import (
-    PeakMemory,
-    WindowTiming,
-    free_memory,
-    is_oom,
-    median_iqr,
-    time_windows,
-    with_oom_backoff,
-)
-
-# figure -> True when larger is better (ratios are always candidate / baseline)
-RATIO_KEYS: dict[str, bool] = {
-    "throughput_img_s": True,
-    "train_throughput_img_s": True,
-    "latency_ms": False,
-    "peak_mem_mb": False,
-    "params": False,
-    "macs": False,
-    "flops": False,
-}
-
-
-class MeasureError(HybridlabError):
-    """A measurement that cannot be taken (e.g. out of memory even at batch size 1)."""
+from hybridlab.measure.resolve import ModelSource, infer_in_chans, resolve_model
+from hybridlab.measure.timing import free_memory
 
 
 def split_overrides(
@@ -123,6 +103,7 @@ def measure(
     *,
     cache: MeasureCache | str | None = None,
     label: str | None = None,
+    guard: ContentionGuard | None = None,
     **overrides: Any,
 ) -> MeasureRecord:
     """Measure `model` (nn.Module, ModelSpec, preset/timm name, or pattern) under `profile`.
@@ -132,7 +113,9 @@ def measure(
     for patterns and to timm.create_model for names. With `cache` (a MeasureCache or a directory),
     an identical architecture + profile + environment is measured once and then read back.
     A given nn.Module is moved to the profile's device (and to channels_last when asked); its
-    weights are not changed (training throughput runs on a copy).
+    weights are not changed (training throughput runs on a copy). `guard` (default: a
+    ContentionGuard with its documented thresholds) judges every timed window; a record with a
+    window that stayed contended is `noisy` and is not stored in the cache.
     """
     profile, settings = split_overrides(profile, overrides)
     profile = profile.resolved()
@@ -143,9 +126,9 @@ def measure(
         key_env = collect_env(profile.device, profile.precision, profile.channels_last, profile.compile)
         key_parts = cache_key_parts(source, profile, key_env)
         if cache is None:
-            return _measure(source, profile, key_parts["env"])
+            return _measure(source, profile, key_parts["env"], guard)
         store = cache if isinstance(cache, MeasureCache) else MeasureCache(cache)
-        record = store.get_or_measure(key_parts, lambda: _measure(source, profile, key_parts["env"]))
+        record = store.get_or_measure(key_parts, lambda: _measure(source, profile, key_parts["env"], guard))
         record.model = source.label  # the same architecture may have been stored under another name
         return record
 
@@ -160,39 +143,16 @@ def resolve_source(model: Any, profile: MeasureProfile, settings: Mapping[str, A
     return resolve_model(model, settings, img_size=profile.img_size)
 
 
-def _autocast(profile: MeasureProfile, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
-    dtype = profile.amp_dtype
-    if dtype is None:
-        return contextlib.nullcontext
-    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+def fresh_guard(template: ContentionGuard | None, device: torch.device) -> ContentionGuard:
+    """A guard with no history, from `template`'s settings (CPU share is judged on CPU windows only)."""
+    base = template if template is not None else guard_module.default_guard()
+    return dataclasses.replace(base, retried=0, stayed=[], _exhausted=False, check_cpu=base.check_cpu and device.type == "cpu")
 
 
-def _input(batch: int, in_chans: int, profile: MeasureProfile, device: torch.device) -> torch.Tensor:
-    x = torch.randn(batch, in_chans, profile.img_size, profile.img_size, device=device)
-    return x.contiguous(memory_format=torch.channels_last) if profile.channels_last else x
-
-
-def _first(out: Any) -> torch.Tensor:
-    while isinstance(out, (tuple, list)):
-        out = out[0]
-    if isinstance(out, Mapping):
-        out = next(iter(out.values()))
-    return out
-
-
-def _timing_dict(t: WindowTiming, batch: int) -> dict[str, Any]:
-    return {
-        "batch": batch,
-        "iters_per_window": t.iters,
-        "windows_s": [round(w, 6) for w in t.window_s],
-        "warmup_iters": t.warmup_iters,
-        "warmup_s": round(t.warmup_s, 4),
-    }
-
-
-def _measure(source: ModelSource, profile: MeasureProfile, fingerprint: str) -> MeasureRecord:
+def _measure(source: ModelSource, profile: MeasureProfile, fingerprint: str, guard: ContentionGuard | None) -> MeasureRecord:
     start = time.perf_counter()
     device = torch.device(profile.device)
+    guard = fresh_guard(guard, device)
     record = MeasureRecord(
         model=source.label,
         arch_id=source.arch_id,
@@ -229,19 +189,22 @@ def _measure(source: ModelSource, profile: MeasureProfile, fingerprint: str) -> 
         record.env["fingerprint"] = fingerprint
         runner = torch.compile(model, mode=profile.compile) if profile.compile else model
         if profile.wants("throughput"):
-            _inference(record, runner, profile, device, in_chans)
+            run_inference(record, runner, profile, device, in_chans, guard)
         if profile.wants("latency"):
-            _latency(record, runner, profile, device, in_chans)
+            run_latency(record, runner, profile, device, in_chans, guard)
         del runner
         if profile.wants("train"):
             train_model = copy.deepcopy(model) if source.given else model
-            _train(record, train_model, profile, device, in_chans)
+            run_train(record, train_model, profile, device, in_chans, guard)
             del train_model
     finally:
         if source.given:
             model.train(was_training)
         free_memory(device, full=True)
     record.wall_s = round(time.perf_counter() - start, 3)
+    record.threads = record.env.get("threads") if device.type == "cpu" else None
+    record.noisy, record.noisy_reason = guard.noisy, guard.reason
+    record.contention = guard.summary()
     if record.env:
         record.env["load_avg_end"] = load_average()
     return record
@@ -254,202 +217,12 @@ def _count(source: ModelSource, model: nn.Module, profile: MeasureProfile, in_ch
     return count_compute(model, profile.img_size, in_chans)
 
 
-def _backoff_recorder(record: MeasureRecord, phase: str) -> Callable[[int, int], None]:
-    def note(requested: int, used: int) -> None:
-        record.oom_backoff[phase] = [requested, used]
-
-    return note
-
-
-def _timing_kwargs(profile: MeasureProfile) -> dict[str, Any]:
-    return dict(
-        repeats=profile.repeats,
-        warmup_iters=profile.warmup_iters,
-        warmup_s=profile.warmup_s,
-        window_s=profile.window_s,
-        iters=profile.iters,
-        max_iters=profile.max_iters,
-    )
-
-
-def _inference(record: MeasureRecord, runner: nn.Module, profile: MeasureProfile, device: torch.device, in_chans: int) -> None:
-    autocast = _autocast(profile, device)
-
-    def run(batch: int) -> tuple[WindowTiming, PeakMemory]:
-        x = _input(batch, in_chans, profile, device)
-
-        def step() -> None:
-            with autocast():
-                runner(x)
-
-        with torch.inference_mode(), PeakMemory(device) as mem:
-            timing = time_windows(step, device, **_timing_kwargs(profile))
-        return timing, mem
-
-    batch, (timing, mem) = with_oom_backoff(run, profile.batch_size, device, _backoff_recorder(record, "inference"))
-    rates = timing.rates(batch)
-    record.throughput_img_s, record.throughput_iqr_img_s = median_iqr(rates)
-    record.throughput_runs = [round(r, 3) for r in rates]
-    record.inference_batch_size = batch
-    record.peak_mem_mb = round(mem.peak_mb, 2) if mem.peak_mb is not None else None
-    record.peak_mem_method = mem.method
-    record.timing["inference"] = _timing_dict(timing, batch)
-
-
-def _latency(record: MeasureRecord, runner: nn.Module, profile: MeasureProfile, device: torch.device, in_chans: int) -> None:
-    autocast = _autocast(profile, device)
-    x = _input(1, in_chans, profile, device)
-
-    def step() -> None:
-        with autocast():
-            runner(x)
-
-    try:
-        with torch.inference_mode():
-            timing = time_windows(step, device, per_call=True, **_timing_kwargs(profile))
-    except Exception as exc:
-        if is_oom(exc):
-            raise MeasureError(f"{record.model}: out of memory at batch size 1 on {device.type} (latency)") from None
-        raise
-    samples_ms = [s * 1000.0 for s in timing.samples_s]
-    record.latency_ms, record.latency_iqr_ms = median_iqr(samples_ms)
-    record.latency_samples = len(samples_ms)
-    record.timing["latency"] = _timing_dict(timing, 1)
-
-
-def _train(record: MeasureRecord, model: nn.Module, profile: MeasureProfile, device: torch.device, in_chans: int) -> None:
-    """Forward, loss, backward and an AdamW step per iteration (GradScaler with fp16 AMP)."""
-    autocast = _autocast(profile, device)
-    model.train()
-    runner = torch.compile(model, mode=profile.compile) if profile.compile else model
-
-    def run(batch: int) -> tuple[WindowTiming, PeakMemory]:
-        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.05)
-        scaler = torch.amp.GradScaler(device.type) if profile.precision == "amp-fp16" else None
-        x = _input(batch, in_chans, profile, device)
-        labels: dict[int, torch.Tensor] = {}
-
-        def step() -> None:
-            opt.zero_grad(set_to_none=True)
-            with autocast():
-                out = _first(runner(x)).float()
-            if out.dim() == 2 and out.shape[-1] > 1:
-                if out.shape[-1] not in labels:
-                    gen = torch.Generator(device="cpu").manual_seed(profile.seed)
-                    labels[out.shape[-1]] = torch.randint(0, out.shape[-1], (batch,), generator=gen).to(device)
-                loss = F.cross_entropy(out, labels[out.shape[-1]])
-            else:
-                loss = out.pow(2).mean()
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-            else:
-                loss.backward()
-                opt.step()
-
-        try:
-            with PeakMemory(device) as mem:
-                timing = time_windows(step, device, **_timing_kwargs(profile))
-        finally:
-            opt.zero_grad(set_to_none=True)  # free the gradients before the next (smaller) attempt
-        return timing, mem
-
-    batch, (timing, mem) = with_oom_backoff(run, profile.batch_size, device, _backoff_recorder(record, "train"))
-    rates = timing.rates(batch)
-    record.train_throughput_img_s, record.train_throughput_iqr_img_s = median_iqr(rates)
-    record.train_throughput_runs = [round(r, 3) for r in rates]
-    record.train_batch_size = batch
-    record.train_peak_mem_mb = round(mem.peak_mb, 2) if mem.peak_mb is not None else None
-    if record.peak_mem_method is None:
-        record.peak_mem_method = mem.method
-    record.timing["train"] = _timing_dict(timing, batch)
-
-
-def ratios(record: MeasureRecord, baseline: MeasureRecord) -> dict[str, float | None]:
-    """candidate / baseline for every figure both have (throughput > 1: faster; latency < 1: faster)."""
-    out: dict[str, float | None] = {}
-    for key in RATIO_KEYS:
-        a, b = getattr(record, key), getattr(baseline, key)
-        out[key] = float(f"{a / b:.6g}") if a is not None and b not in (None, 0) else None
-    return out
-
-
-@dataclass
-class Comparison:
-    """A candidate and its baselines, measured in one run, with candidate/baseline ratios by baseline label."""
-
-    record: MeasureRecord
-    baselines: list[MeasureRecord] = field(default_factory=list)
-    ratios: dict[str, dict[str, float | None]] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = self.record.to_dict()
-        out["baselines"] = [b.to_dict() for b in self.baselines]
-        out["ratios"] = self.ratios
-        return out
-
-
-def compare(
-    model: Any,
-    baselines: Sequence[Any],
-    profile: MeasureProfile | None = None,
-    *,
-    cache: MeasureCache | str | None = None,
-    progress: Callable[[str], None] | None = None,
-    **overrides: Any,
-) -> Comparison:
-    """Measure `model` and each baseline under the same profile, in this process, one after another.
-
-    Model settings in `overrides` apply to pattern and preset baselines too; other timm names get only
-    in_chans / num_classes (from the settings or the profile). All models are resolved (and so validated) before any is measured.
-    """
-    profile, settings = split_overrides(profile, overrides)
-    say = progress or (lambda _msg: None)
-    resolved = profile.resolved()
-    # Resolve everything first: a misspelt baseline fails at once, not after minutes of measuring.
-    target = resolve_source(model, resolved, settings)
-    sources = []
-    for base in baselines:
-        if isinstance(base, (nn.Module, ModelSource)):
-            base_settings: dict[str, Any] = {}
-        elif isinstance(base, str) and is_model_name(base) and not _is_preset(base):
-            base_settings = {k: settings[k] for k in ("in_chans", "num_classes") if k in settings}
-        else:
-            base_settings = dict(settings)
-        sources.append(resolve_source(base, resolved, base_settings))
-    say(f"measuring {target.label}")
-    result = Comparison(record=measure(target, profile, cache=cache))
-    for source in sources:
-        say(f"measuring baseline {source.label}")
-        rec = measure(source, profile, cache=cache)
-        label, n = rec.model, 2
-        while label in result.ratios:
-            label, n = f"{rec.model}#{n}", n + 1
-        result.baselines.append(rec)
-        result.ratios[label] = ratios(result.record, rec)
-    return result
-
-
-def _is_preset(name: str) -> bool:
-    try:
-        from blocks.presets import PRESETS
-    except ImportError:  # pragma: no cover
-        return False
-    return name in PRESETS
-
-
 __all__ = [
-    "Comparison",
-    "MeasureError",
-    "RATIO_KEYS",
     "cache_key_parts",
-    "compare",
     "environment",
     "measure",
     "measure_key",
     "numeric_settings",
-    "ratios",
     "resolve_source",
     "split_overrides",
 ]

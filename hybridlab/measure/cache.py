@@ -2,7 +2,7 @@
 
 Key parts are typically (architecture id, measurement profile, environment fingerprint); the file
 name is a hash of their canonical JSON. Writes go to a temporary file in the same directory and
-are moved into place with os.replace, which is atomic, so concurrent workers never see half a
+are moved into place atomically (hybridlab.atomic), so concurrent workers never see half a
 file (two workers that miss at once both measure; the last write wins and both are valid).
 """
 
@@ -11,12 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar, Union
 
+from hybridlab.atomic import atomic_write
 from hybridlab.errors import ConfigError
 from hybridlab.measure.record import MeasureRecord
 
@@ -30,6 +30,13 @@ def cache_key(key_parts: Mapping[str, Any]) -> str:
     except TypeError as exc:
         raise ConfigError(f"measurement cache key is not JSON-serialisable: {exc}", "measure.cache") from None
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def is_noisy(value: Any) -> bool:
+    """True for a record (or its dict) that the contention guard marked noisy."""
+    if isinstance(value, MeasureRecord):
+        return bool(value.noisy)
+    return isinstance(value, Mapping) and bool(value.get("noisy"))
 
 
 class MeasureCache:
@@ -54,14 +61,19 @@ class MeasureCache:
         if not isinstance(entry, dict) or entry.get("key_parts") != json.loads(json.dumps(key_parts)):
             return None  # hash collision or foreign file: never return someone else's figures
         value = entry.get("value")
+        if is_noisy(value):
+            return None  # never serve a figure taken under contention
         if entry.get("kind") == "MeasureRecord" and isinstance(value, dict):
             record = MeasureRecord.from_dict(value)
             record.cached = True
             return record
         return value
 
-    def put(self, key_parts: Mapping[str, Any], value: MeasureRecord | Mapping[str, Any]) -> Path:
-        """Store atomically (temp file + os.replace); returns the file's path."""
+    def put(self, key_parts: Mapping[str, Any], value: MeasureRecord | Mapping[str, Any]) -> Path | None:
+        """Store atomically (hybridlab.atomic.atomic_write); returns the file's path, or None for a
+        noisy record (one taken under contention), which is never stored."""
+        if is_noisy(value):
+            return None
         is_record = isinstance(value, MeasureRecord)
         data = value.to_dict() if is_record else dict(value)
         if is_record:
@@ -75,32 +87,12 @@ class MeasureCache:
         }
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.path(key_parts)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=self.directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(entry, fh, indent=1, sort_keys=True, default=str)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        atomic_write(path, json.dumps(entry, indent=1, sort_keys=True, default=str))
         return path
 
-    def get_or_measure(self, key_parts: Any, fn: Any, measure_fn: Callable[[], Value] | None = None) -> Value:
+    def get_or_measure(self, key_parts: Mapping[str, Any], fn: Callable[[], Value]) -> Value:
         """The cached value for `key_parts`, or `fn()` stored and returned. Records from the cache
-        have `cached=True`.
-
-        Also callable as `get_or_measure(model, profile, fn)`: the key parts are then
-        `measure_key(model, profile)` (architecture id, profile, environment fingerprint).
-        """
-        if measure_fn is not None:
-            from hybridlab.measure.api import measure_key
-
-            key_parts, fn = measure_key(key_parts, fn), measure_fn
+        have `cached=True`; a noisy result is returned but not stored, so the next call measures again."""
         if not isinstance(key_parts, Mapping):
             raise ConfigError(f"key_parts must be a mapping, got {type(key_parts).__name__}", "measure.cache")
         hit = self.get(key_parts)
@@ -118,4 +110,4 @@ class MeasureCache:
         return sum(1 for p in self.directory.glob("*.json"))
 
 
-__all__ = ["MeasureCache", "cache_key"]
+__all__ = ["MeasureCache", "cache_key", "is_noisy"]

@@ -6,12 +6,11 @@ measurement cache and in `trials.csv`, and a reviewer can read exactly how a fig
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
-
-import torch
 
 from hybridlab.errors import ConfigError
 
@@ -21,6 +20,24 @@ _DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
 # compute: params, MACs, FLOPs; throughput: inference img/s + peak memory; latency: batch 1; train: fwd+bwd+AdamW
 FIGURES = ("compute", "throughput", "latency", "train")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# Documented ranges of every numeric setting (inclusive). Upper bounds keep a typo from hanging a run
+# (an infinite warm-up, 1e20 iterations) or exhausting memory before any figure is taken.
+LIMITS: dict[str, tuple[float, float]] = {
+    "batch_size": (1, 16384),
+    "img_size": (1, 4096),
+    "repeats": (1, 1000),
+    "warmup_iters": (0, 100_000),
+    "warmup_s": (0.0, 600.0),
+    "window_s": (0.0, 600.0),
+    "iters": (1, 100_000),
+    "max_iters": (1, 100_000),
+    "in_chans": (1, 1024),
+    "num_classes": (0, 1_000_000),
+    "threads": (1, 1024),
+    "seed": (0, 2**32 - 1),
+}
+SECONDS = ("warmup_s", "window_s")
+OPTIONAL = ("iters", "in_chans", "num_classes", "threads")
 
 
 @dataclass(frozen=True)
@@ -30,8 +47,14 @@ class MeasureProfile:
     Warm-up runs until BOTH `warmup_iters` iterations and `warmup_s` seconds have passed. Each of the
     `repeats` timed windows runs `iters` iterations, or (when `iters` is None) as many as fill about
     `window_s` seconds, at most `max_iters`. `in_chans` / `num_classes` override the model's when set.
-    `tf32` None leaves torch's TF32 flags as they are (they are recorded either way); `threads` None
-    leaves torch's intra-op thread count alone.
+    `tf32` None leaves torch's TF32 flags as they are (they are recorded either way).
+
+    `threads` is torch's intra-op thread count while timing (recorded in the record and its env;
+    None leaves torch's own). It defaults to 1 because of a measurement on a shared 2-core machine
+    (docs/benchmarks/threads.md): with 2 threads and OpenMP's default spin-waiting, a busy machine
+    cut a small hybrid to 13-18 img/s against 90-340 img/s with 1 thread, a 5-20x collapse that 1
+    thread never showed; OMP_WAIT_POLICY=PASSIVE also avoids it but must be set before torch starts,
+    which a library cannot guarantee. Ask for more threads on a machine you have to yourself.
     """
 
     batch_size: int = 128
@@ -50,7 +73,7 @@ class MeasureProfile:
     in_chans: int | None = None
     num_classes: int | None = None
     tf32: bool | None = None
-    threads: int | None = None
+    threads: int | None = 1
     cudnn_benchmark: bool = True
     seed: int = 0
 
@@ -63,44 +86,43 @@ class MeasureProfile:
         return replace(self, **changes).validated()
 
     def validated(self) -> MeasureProfile:
-        """Check every field (one ConfigError naming `measure.<field>`) and normalise types."""
+        """Check every field (one ConfigError naming `measure.<field>`) and normalise types.
+
+        Every number must be finite and inside LIMITS: an infinite warm-up or 1e20 iterations would
+        otherwise hang the measurement, and an absurd batch would exhaust memory before any figure.
+        """
         v = {f.name: getattr(self, f.name) for f in fields(self)}
-        for key in ("batch_size", "img_size", "repeats", "max_iters"):
-            v[key] = _int(v[key], key, 1)
-        v["warmup_iters"] = _int(v["warmup_iters"], "warmup_iters", 0)
-        v["seed"] = _int(v["seed"], "seed", 0)
-        for key in ("iters", "in_chans", "threads"):
-            if v[key] is not None:
-                v[key] = _int(v[key], key, 1)
-        if v["num_classes"] is not None:
-            v["num_classes"] = _int(v["num_classes"], "num_classes", 0)
-        for key in ("warmup_s", "window_s"):
-            if isinstance(v[key], bool) or not isinstance(v[key], (int, float)) or v[key] < 0:
-                raise ConfigError(f"expected a number >= 0, got {v[key]!r}", f"measure.{key}")
-            v[key] = float(v[key])
+        for key, (low, high) in LIMITS.items():
+            if v[key] is None and key in OPTIONAL:
+                continue
+            v[key] = _number(v[key], key, low, high, integer=key not in SECONDS)
         if not isinstance(v["device"], str) or not _DEVICE_RE.fullmatch(v["device"]):
-            raise ConfigError(f"must be one of {', '.join(DEVICES)} (or cuda:N), got {v['device']!r}", "measure.device")
-        if v["precision"] not in PRECISIONS:
-            raise ConfigError(f"must be one of {', '.join(PRECISIONS)}, got {v['precision']!r}", "measure.precision")
+            raise ConfigError(f"must be one of {', '.join(DEVICES)} (or cuda:N), got {_short(v['device'])}", "measure.device")
+        if not isinstance(v["precision"], str) or v["precision"] not in PRECISIONS:
+            raise ConfigError(f"must be one of {', '.join(PRECISIONS)}, got {_short(v['precision'])}", "measure.precision")
         v["compile"] = _compile_mode(v["compile"])
         figs = v["figures"]
         if isinstance(figs, str):
             figs = [f.strip() for f in figs.split(",") if f.strip()]
-        figs = tuple(figs)
-        bad = [f for f in figs if f not in FIGURES]
+        if not isinstance(figs, (list, tuple)):
+            raise ConfigError(f"expected a list of figures, got {_short(figs)}", "measure.figures")
+        bad = [f for f in figs if not isinstance(f, str) or f not in FIGURES]
         if bad:
-            raise ConfigError(f"unknown figure {bad[0]!r} (known: {', '.join(FIGURES)})", "measure.figures")
+            raise ConfigError(f"unknown figure {_short(bad[0])} (known: {', '.join(FIGURES)})", "measure.figures")
         if not figs:
             raise ConfigError("no figures asked for", "measure.figures")
         v["figures"] = tuple(f for f in FIGURES if f in figs)  # canonical order, no duplicates
-        for key in ("channels_last", "cudnn_benchmark"):
-            v[key] = bool(v[key])
-        if v["tf32"] is not None:
-            v["tf32"] = bool(v["tf32"])
+        for key in ("channels_last", "cudnn_benchmark", "tf32"):
+            if key == "tf32" and v[key] is None:
+                continue
+            if not isinstance(v[key], bool):
+                raise ConfigError(f"expected true or false, got {_short(v[key])}", f"measure.{key}")
         return MeasureProfile(**v)
 
     def resolved(self) -> MeasureProfile:
         """Validated, with device `auto` turned into cuda/cpu; refuses cuda without a GPU."""
+        import torch
+
         prof = self.validated()
         device = prof.device
         if device == "auto":
@@ -114,7 +136,10 @@ class MeasureProfile:
         return replace(prof, device=device)
 
     @property
-    def amp_dtype(self) -> torch.dtype | None:
+    def amp_dtype(self) -> Any:
+        """The autocast dtype (torch.float16 / bfloat16), or None for fp32."""
+        import torch
+
         return {"amp-fp16": torch.float16, "amp-bf16": torch.bfloat16}.get(self.precision)
 
     def wants(self, figure: str) -> bool:
@@ -126,11 +151,16 @@ class MeasureProfile:
         return out
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> MeasureProfile:
-        known = set(cls.fields_names())
-        unknown = sorted(set(data) - known)
+    def from_dict(cls, data: Any) -> MeasureProfile:
+        """A validated profile from a study's `measure:` mapping (one ConfigError for a non-mapping
+        section or unknown keys)."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"expected a mapping of measurement settings, got {type(data).__name__}", "measure")
+        known = cls.fields_names()
+        unknown = [k for k in data if k not in known]
         if unknown:
-            raise ConfigError(f"unknown measurement setting {unknown[0]!r} (known: {', '.join(sorted(known))})", "measure")
+            names = ", ".join(_short(k) for k in unknown)
+            raise ConfigError(f"unknown measurement setting(s) {names} (known: {', '.join(sorted(known))})", "measure")
         return cls(**dict(data)).validated()
 
 
@@ -143,6 +173,7 @@ class MeasureRecord:
     counts (2 x matmul/conv MACs, F.conv1d included) plus attention matmuls and the analytic
     selective-scan term. Throughputs are medians over `repeats` timed windows; latency is the median
     over single synchronised batch-1 calls. `peak_mem_mb` is the inference run's; see `peak_mem_method`.
+    `noisy` says a timed window stayed contended (other processes took the CPU); see `noisy_reason`.
     """
 
     model: str
@@ -158,6 +189,10 @@ class MeasureRecord:
     throughput_img_s: float | None = None
     throughput_iqr_img_s: float | None = None
     throughput_runs: list[float] = field(default_factory=list)
+    throughput_lo: float | None = None  # interval of throughput_img_s: quartiles of the windows (or rounds)
+    throughput_hi: float | None = None
+    throughput_interval: str | None = None  # "iqr"
+    throughput_cpu_img_s: float | None = None  # images per CPU-second of this process (median over windows)
     inference_batch_size: int | None = None
     latency_ms: float | None = None
     latency_iqr_ms: float | None = None
@@ -176,6 +211,10 @@ class MeasureRecord:
     env: dict[str, Any] = field(default_factory=dict)
     wall_s: float | None = None
     cached: bool = False
+    threads: int | None = None  # torch intra-op threads the figures were timed with (CPU)
+    noisy: bool = False  # a timed window stayed contended after its retries: do not trust, never cache
+    noisy_reason: str | None = None
+    contention: dict[str, Any] = field(default_factory=dict)  # the contention guard's summary
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -186,22 +225,35 @@ class MeasureRecord:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def _int(value: Any, key: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value):
-        raise ConfigError(f"expected an integer, got {value!r}", f"measure.{key}")
-    if value < minimum:
-        raise ConfigError(f"must be at least {minimum}, got {value}", f"measure.{key}")
-    return int(value)
+def _number(value: Any, key: str, low: float, high: float, integer: bool) -> Any:
+    """A finite number in [low, high] (an integer when `integer`), or a one-line ConfigError."""
+    where = f"measure.{key}"
+    kind = "an integer" if integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"expected {kind}, got {_short(value)}", where)
+    if not math.isfinite(value):
+        raise ConfigError(f"expected a finite number, got {value}", where)
+    if integer and float(value) != int(value):
+        raise ConfigError(f"expected an integer, got {value!r}", where)
+    if not low <= value <= high:
+        shown = f"{value:g}" if isinstance(value, float) or abs(value) >= 10**15 else str(value)
+        raise ConfigError(f"must be between {low:g} and {high:g}, got {shown}", where)
+    return int(value) if integer else float(value)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _compile_mode(value: Any) -> str | None:
-    if value in (None, False, "", "none", "off"):
+    if value is None or value is False or value in ("", "none", "off"):
         return None
     if value is True:
         return "default"
-    if value not in COMPILE_MODES:
-        raise ConfigError(f"must be off or one of {', '.join(COMPILE_MODES)}, got {value!r}", "measure.compile")
+    if not isinstance(value, str) or value not in COMPILE_MODES:
+        raise ConfigError(f"must be off or one of {', '.join(COMPILE_MODES)}, got {_short(value)}", "measure.compile")
     return str(value)
 
 
-__all__ = ["COMPILE_MODES", "DEVICES", "FIGURES", "PRECISIONS", "MeasureProfile", "MeasureRecord"]
+__all__ = ["COMPILE_MODES", "DEVICES", "FIGURES", "LIMITS", "PRECISIONS", "MeasureProfile", "MeasureRecord"]

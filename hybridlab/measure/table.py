@@ -89,8 +89,9 @@ def format_report(records: Sequence[MeasureRecord], ratio_sets: Mapping[str, Map
     first = records[0]
     prof = first.profile
     timing = first.timing.get("inference", {})
+    unit = "interleaved rounds (side by side), one window" if timing.get("side_by_side") else "timed windows"
     lines = [
-        f"batch {first.batch_size}, {first.img_size} px, {prof.get('repeats')} timed windows"
+        f"batch {first.batch_size}, {first.img_size} px, {prof.get('repeats')} {unit}"
         + (f" of {timing.get('iters_per_window')} iterations" if timing else "")
         + f" (median [IQR]); warm-up >= {prof.get('warmup_iters')} iterations and >= {prof.get('warmup_s')} s",
         env_line(first.env) if first.env else "",
@@ -99,6 +100,9 @@ def format_report(records: Sequence[MeasureRecord], ratio_sets: Mapping[str, Map
     ]
     if first.peak_mem_method:
         lines.append(f"memory: {first.peak_mem_method}")
+    noisy = [r for r in records if r.noisy]
+    if noisy:
+        lines.append("NOISY (measured under contention, not cached): " + "; ".join(f"{r.model}: {r.noisy_reason}" for r in noisy))
     if any(r.cached for r in records):
         lines.append("cached: " + ", ".join(r.model for r in records if r.cached))
     return "\n".join(line for line in lines if line is not None)

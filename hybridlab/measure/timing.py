@@ -24,6 +24,8 @@ from typing import Any, TypeVar
 
 import torch
 
+from hybridlab.measure.guard import ContentionGuard, WindowCheck
+
 T = TypeVar("T")
 
 
@@ -61,29 +63,36 @@ class WindowTiming:
     warmup_iters: int
     warmup_s: float
     samples_s: list[float] = field(default_factory=list)  # per-call times (latency mode only)
+    checks: list[WindowCheck] = field(default_factory=list)  # the contention guard's view of each kept window
 
     def rates(self, items_per_iter: int) -> list[float]:
         return [items_per_iter * self.iters / t for t in self.window_s if t > 0]
 
 
-def warm_up(step: Callable[[], object], device: torch.device, min_iters: int, min_s: float) -> tuple[int, float, float]:
+def warm_up(
+    step: Callable[[], object],
+    device: torch.device,
+    min_iters: int,
+    min_s: float,
+    clock: Callable[[], float] = time.perf_counter,
+) -> tuple[int, float, float]:
     """Run `step` until at least `min_iters` calls AND `min_s` seconds have passed.
 
     Returns (iterations, seconds, seconds of one more synchronised call), the last being the
     estimate used to size the timed windows.
     """
     synchronize(device)
-    start = time.perf_counter()
+    start = clock()
     n = 0
-    while n < min_iters or time.perf_counter() - start < min_s:
+    while n < min_iters or clock() - start < min_s:
         step()
         n += 1
     synchronize(device)
-    elapsed = time.perf_counter() - start
-    t0 = time.perf_counter()
+    elapsed = clock() - start
+    t0 = clock()
     step()
     synchronize(device)
-    return n + 1, elapsed, time.perf_counter() - t0
+    return n + 1, elapsed, clock() - t0
 
 
 def iters_for(per_iter_s: float, window_s: float, fixed: int | None, max_iters: int) -> int:
@@ -105,29 +114,47 @@ def time_windows(
     iters: int | None,
     max_iters: int,
     per_call: bool = False,
+    guard: ContentionGuard | None = None,
 ) -> WindowTiming:
     """Warm up, then time `repeats` windows of `iters` calls each, synchronised around every window.
 
-    With `per_call`, each call is also synchronised and timed on its own (for latency).
+    With `per_call`, each call is also synchronised and timed on its own (for latency). With a
+    `guard`, its clock times the windows, and a window it finds contended is timed again after a
+    pause (its bounded retries); windows kept although contended are noted in the guard.
     """
-    n_warm, warm_s, one = warm_up(step, device, warmup_iters, warmup_s)
+    guard = guard if guard is not None else ContentionGuard.off()
+    clock = guard.readers.wall
+    n_warm, warm_s, one = warm_up(step, device, warmup_iters, warmup_s, clock)
     n = iters_for(one, window_s, iters, max_iters)
+    threads = torch.get_num_threads() if device.type == "cpu" else 1
     windows: list[float] = []
     samples: list[float] = []
+    checks: list[WindowCheck] = []
     for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        for _ in range(n):
-            if per_call:
-                t0 = time.perf_counter()
-                step()
-                synchronize(device)
-                samples.append(time.perf_counter() - t0)
-            else:
-                step()
-        synchronize(device)
-        windows.append(time.perf_counter() - start)
-    return WindowTiming(window_s=windows, iters=n, warmup_iters=n_warm, warmup_s=warm_s, samples_s=samples)
+        attempt = 0
+        while True:
+            calls: list[float] = []
+            synchronize(device)
+            token = guard.start()
+            for _ in range(n):
+                if per_call:
+                    t0 = clock()
+                    step()
+                    synchronize(device)
+                    calls.append(clock() - t0)
+                else:
+                    step()
+            synchronize(device)
+            check = guard.finish(token, threads)
+            if not guard.should_retry(check, attempt):
+                break
+            attempt += 1
+            guard.pause()
+        guard.keep(check)
+        windows.append(check.wall_s)
+        samples.extend(calls)
+        checks.append(check)
+    return WindowTiming(window_s=windows, iters=n, warmup_iters=n_warm, warmup_s=warm_s, samples_s=samples, checks=checks)
 
 
 def median_iqr(values: list[float]) -> tuple[float | None, float | None]:
@@ -138,6 +165,16 @@ def median_iqr(values: list[float]) -> tuple[float | None, float | None]:
         return float(values[0]), 0.0
     q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
     return float(statistics.median(values)), float(q3 - q1)
+
+
+def quartiles(values: list[float]) -> tuple[float | None, float | None]:
+    """(q25, q75), 'inclusive' like median_iqr; one value gives (value, value)."""
+    if not values:
+        return None, None
+    if len(values) == 1:
+        return float(values[0]), float(values[0])
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return float(q1), float(q3)
 
 
 def with_oom_backoff(
@@ -275,6 +312,7 @@ __all__ = [
     "is_oom",
     "iters_for",
     "median_iqr",
+    "quartiles",
     "synchronize",
     "time_windows",
     "warm_up",
