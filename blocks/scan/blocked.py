@@ -1,5 +1,5 @@
-"""The `blocked` backend (the blocked core of `blocks.scan.blocked` plus bias, softplus, D skip and z gating,
-with one hand-written backward for all of it), and `fast`, which runs the compiled kernel where it can.
+"""The `blocked` backend: the blocked core of `blocks.scan.blocked_core` plus bias, softplus, D skip and z
+gating, with one hand-written backward for all of it. Pure PyTorch, so it runs wherever torch does.
 
 The glue around the core is written so that every (B, D, L) pass it needs anyway also moves data into or
 out of the core's blocked layout (softplus writes delta blocked, the D skip reads y blocked, ...): the
@@ -15,14 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from blocks.scan import compiled
 from blocks.scan._common import compute_dtype, explicit_scan
-from blocks.scan.blocked import Blocks, Operand, addcmul_into, backward_core, copy_into, forward_core, plan
-from blocks.scan.compiled import selective_scan_compiled
+from blocks.scan.blocked_core import Blocks, Operand, addcmul_into, backward_core, copy_into, forward_core, plan
 from blocks.scan.reference import selective_scan_reference
 
 # Up to this many steps the plain loop (with autograd) is cheaper than the blocked machinery's fixed
-# per-call overhead, so `fast` runs it (measured with `python -m blocks.bench_scan --grid`).
+# per-call overhead, so `blocked` runs it (measured with `python -m blocks.bench_scan --grid`).
 SHORT_LENGTH = 4
 
 Grads = tuple[Optional[Tensor], ...]
@@ -41,7 +39,7 @@ def _layout(u: Tensor, A: Tensor) -> Blocks:
     return Blocks(batch, length, plan(batch, dim, length, A.shape[1]))
 
 
-def fast_forward(
+def blocked_forward(
     u: Tensor,
     delta: Tensor,
     A: Tensor,
@@ -53,7 +51,7 @@ def fast_forward(
     delta_softplus: bool,
     need_saved: bool,
 ):
-    """(out in u's dtype, last state in the compute dtype, (tensors, meta) for `fast_backward` or None)."""
+    """(out in u's dtype, last state in the compute dtype, (tensors, meta) for `blocked_backward` or None)."""
     ct, uc, Ac, Bc, Cc = _prepare(u, delta, A, B, C, D, z, delta_bias)
     dim = u.shape[1]
     lay = _layout(uc, Ac)
@@ -79,7 +77,7 @@ def fast_forward(
     return out.to(u.dtype), last, (saved, (delta_softplus, z is not None))
 
 
-def fast_backward(inputs, saved, meta, g_out: Optional[Tensor], g_last: Optional[Tensor]) -> Grads:
+def blocked_backward(inputs, saved, meta, g_out: Optional[Tensor], g_last: Optional[Tensor]) -> Grads:
     """Gradients for inputs (u, delta, A, B, C, D, z, delta_bias) in their dtypes (None where an input is None)."""
     u, delta, A, B, C, D, z, delta_bias = inputs
     softplus, gated = meta
@@ -120,7 +118,7 @@ def fast_backward(inputs, saved, meta, g_out: Optional[Tensor], g_last: Optional
     return tuple(None if gr is None else gr.to(x.dtype) for gr, x in zip(grads, inputs))
 
 
-_blocked_scan = explicit_scan("blocked", fast_forward, fast_backward)
+_blocked_scan = explicit_scan("blocked", blocked_forward, blocked_backward)
 
 
 def selective_scan_blocked(
@@ -140,19 +138,3 @@ def selective_scan_blocked(
         return selective_scan_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     return _blocked_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
 
-
-def selective_scan_fast(
-    u: Tensor,
-    delta: Tensor,
-    A: Tensor,
-    B: Tensor,
-    C: Tensor,
-    D: Optional[Tensor] = None,
-    z: Optional[Tensor] = None,
-    delta_bias: Optional[Tensor] = None,
-    delta_softplus: bool = False,
-    return_last_state: bool = False,
-):
-    """The compiled kernel when it is built and takes these inputs (see `compiled.supports`), else `blocked`."""
-    run = selective_scan_compiled if compiled.supports(B, C, u.device) else selective_scan_blocked
-    return run(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)

@@ -1,4 +1,4 @@
-"""Blocked sequential selective-scan core (no autograd): forward and explicit backward for `fast`.
+"""Blocked sequential selective-scan core (no autograd): forward and explicit backward for `blocked`.
 
 Why it is built this way: in pure PyTorch on a few CPU cores the scan is bound by elementwise passes over
 state-sized data (B*L*N*D elements), and a pass runs 3-5x faster when its data sits in the cores' L2
