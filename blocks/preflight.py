@@ -6,8 +6,9 @@ or running such a model ends in a MemoryError traceback, or in the machine swapp
 estimate below costs milliseconds, so `show`, `bench` and studies can refuse with one line instead.
 
 What is counted (float32 everywhere; a rough lower bound, not a profile):
-- parameters and buffers: exact, from one meta-device build of each distinct block plus the stem,
-  downsamplers, norm and head worked out from their shapes;
+- parameters and buffers: exact, from one meta-device build of each distinct block (a pattern of
+  thousands of blocks has a handful of distinct ones) plus the stem, downsamplers, norm and head worked
+  out from their shapes;
 - activations: each stage's map padded up to its windows (`ceil(side / window) * window`), times the
   stage's width, times the widest per-token tensor of its blocks (`mlp_ratio`, the qkv projection (3),
   the mixer's `2 * expand`), times the batch. Inference keeps a few of the largest alive at once;
@@ -35,8 +36,10 @@ MEMINFO = Path("/proc/meminfo")
 class Footprint:
     """The estimate for one spec at one image size and batch size, in bytes."""
 
-    params: int  # parameter and buffer elements
-    param_bytes: int
+    params: int  # parameter elements
+    buffers: int  # buffer elements (BatchNorm statistics)
+    stage_params: tuple[int, ...]  # parameter elements of `levels.{i}`: its blocks and its downsampler
+    param_bytes: int  # parameters and buffers
     largest_activation_bytes: int
     activation_sum_bytes: int  # over every block: what training keeps for the backward pass
     img_size: int
@@ -73,8 +76,9 @@ def estimate(spec: ModelSpec, img_size: int, batch_size: int = 1) -> Footprint:
     parsed = spec.parsed
     dims = spec.stage_dims
     sides = spec.feature_map_sides(img_size)
-    params = _fixed_params(spec)
-    cache: dict[Any, int] = {}
+    params, buffers = _fixed_params(spec)
+    stage_params = [a * b * 9 for a, b in zip(dims, dims[1:])] + [0]  # the downsamplers
+    cache: dict[Any, tuple[int, int]] = {}
     largest = 0
     total = 0
     # the stem's first conv output: in_dim channels at half the input side (full side with stride 1)
@@ -93,7 +97,9 @@ def estimate(spec: ModelSpec, img_size: int, batch_size: int = 1) -> Footprint:
             key = (block.symbol, block.options, ctx)
             if key not in cache:
                 cache[key] = _block_params(block.symbol, options, ctx)
-            params += cache[key]
+            params += cache[key][0]
+            buffers += cache[key][1]
+            stage_params[i] += cache[key][0]
             side = sides[i] if window is None else math.ceil(sides[i] / window) * window
             widest = max(1.0, spec.mlp_ratio, 3.0 if block_type.is_token else 1.0, 2.0 * float(options.get("expand", 1)))
             elements = side * side * dims[i] * widest
@@ -101,7 +107,9 @@ def estimate(spec: ModelSpec, img_size: int, batch_size: int = 1) -> Footprint:
             total += elements * 2  # the block's input and its widest intermediate
     return Footprint(
         params=params,
-        param_bytes=params * FLOAT_BYTES,
+        buffers=buffers,
+        stage_params=tuple(stage_params),
+        param_bytes=(params + buffers) * FLOAT_BYTES,
         largest_activation_bytes=int(largest * batch_size * FLOAT_BYTES),
         activation_sum_bytes=int(total * batch_size * FLOAT_BYTES),
         img_size=img_size,
@@ -152,7 +160,7 @@ def check_fits(
     return footprint
 
 
-def _block_params(symbol: str, options: dict[str, Any], ctx: BlockContext) -> int:
+def _block_params(symbol: str, options: dict[str, Any], ctx: BlockContext) -> tuple[int, int]:
     """Parameter and buffer elements of one block, from a build on the meta device (no memory)."""
     import torch
 
@@ -160,18 +168,19 @@ def _block_params(symbol: str, options: dict[str, Any], ctx: BlockContext) -> in
 
     with torch.device("meta"):
         module = build_block(symbol, options, ctx)
-    return sum(t.numel() for t in module.parameters()) + sum(t.numel() for t in module.buffers())
+    return sum(t.numel() for t in module.parameters()), sum(t.numel() for t in module.buffers())
 
 
-def _fixed_params(spec: ModelSpec) -> int:
-    """Stem, downsamplers, final norm and head, from their shapes (see `blocks.model`)."""
+def _fixed_params(spec: ModelSpec) -> tuple[int, int]:
+    """Parameter and buffer elements of the stem, downsamplers, final norm and head (see `blocks.model`)."""
     dims = spec.stage_dims
-    bn = 4  # weight, bias, running mean and running variance (the step counter is one element)
-    stem = spec.in_chans * spec.in_dim * 9 + (bn * spec.in_dim + 1) + spec.in_dim * dims[0] * 9 + (bn * dims[0] + 1)
+    stem = spec.in_chans * spec.in_dim * 9 + 2 * spec.in_dim + spec.in_dim * dims[0] * 9 + 2 * dims[0]
     downsample = sum(a * b * 9 for a, b in zip(dims, dims[1:]))
-    norm = bn * dims[-1] + 1
+    norm = 2 * dims[-1]
     head = dims[-1] * spec.num_classes + spec.num_classes if spec.num_classes > 0 else 0
-    return stem + downsample + norm + head
+    # BatchNorm buffers: running mean and variance, plus a one-element step counter
+    buffers = (2 * spec.in_dim + 1) + (2 * dims[0] + 1) + (2 * dims[-1] + 1)
+    return stem + downsample + norm + head, buffers
 
 
 __all__ = ["Footprint", "available_bytes", "check_fits", "estimate", "format_bytes"]

@@ -16,10 +16,16 @@ from hybridlab.errors import ConfigError
 GiB = 1 << 30
 
 
-def _counted(spec: ModelSpec) -> int:
+def _counted(spec: ModelSpec) -> tuple[int, int, list[int]]:
+    """Trainable parameters, buffers and per-stage parameters of the model itself (built on meta)."""
     with torch.device("meta"):
         model = spec.build()
-    return sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers())
+    stages = [0] * len(model.levels)
+    for name, p in model.named_parameters():
+        if name.startswith("levels."):
+            stages[int(name.split(".")[1])] += p.numel()
+    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return params, sum(b.numel() for b in model.buffers()), stages
 
 
 @pytest.mark.parametrize("settings", [{}, {"layer_scale": 1e-5, "layer_scale_conv": 1e-5, "num_classes": 0}])
@@ -27,14 +33,14 @@ def test_parameter_estimate_is_exact(settings: dict) -> None:
     pattern = "C M[branch=none,expand=2] | A[qkv_bias=false,window=3] C M[d_state=4]"
     spec = ModelSpec.create(pattern, dims=[32, 64], num_heads=2, window_size=4, stem_stride=2, **settings)
     footprint = estimate(spec, 64, 2)
-    assert footprint.params == _counted(spec)
-    assert footprint.param_bytes == 4 * footprint.params
+    assert (footprint.params, footprint.buffers, list(footprint.stage_params)) == _counted(spec)
+    assert footprint.param_bytes == 4 * (footprint.params + footprint.buffers)
 
 
 def test_normal_preset_passes() -> None:
     spec = preset_spec("mambavision_t")
     footprint = check_fits(spec, 224, 1, budget_bytes=2 * GiB)
-    assert footprint.params == _counted(spec)
+    assert footprint.params == _counted(spec)[0] == 31_794_248  # MambaVision-T's published count
     assert 100 * (1 << 20) < footprint.total() < 2 * GiB
 
 
@@ -99,6 +105,7 @@ def test_show_reports_the_estimate_and_the_stem_rounding(capsys) -> None:
     footprint = estimate(spec, 30, 4)
     assert info["memory"]["inference_bytes"] == footprint.total()
     assert info["memory"]["training_bytes"] == footprint.total(training=True)
+    assert info["params"] == footprint.params and [s["params"] for s in info["stages"]] == _counted(spec)[2]
     assert cli_main(["show", "C | A[window=4096]", "--num-heads", "2", "--window-size", "7"]) == 0
     out = capsys.readouterr().out
     assert "memory     about " in out and "largest activation" in out

@@ -44,17 +44,9 @@ def main(args: argparse.Namespace) -> int:
 
 def describe(spec: ModelSpec, img_size: int, batch_size: int = 1) -> dict[str, Any]:
     """Everything `show` prints, as data: canonical, hash, params, memory, and one entry per stage."""
-    import torch
-
     from blocks.preflight import available_bytes, estimate
 
-    with torch.device("meta"):  # no memory, no init: counting the largest preset takes a moment
-        model = spec.build()
-    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    stage_params = [0] * spec.parsed.num_stages
-    for name, p in model.named_parameters():
-        if name.startswith("levels.") and p.requires_grad:
-            stage_params[int(name.split(".")[1])] += p.numel()
+    footprint = estimate(spec, img_size, batch_size)  # counts each distinct block once: no model is built
     sides = spec.feature_map_sides(img_size)
     stages = []
     for i, stage in enumerate(spec.parsed.stages):
@@ -68,7 +60,7 @@ def describe(spec: ModelSpec, img_size: int, batch_size: int = 1) -> dict[str, A
             "width": spec.stage_dims[i],
             "map": [side, side],
             "window": windows[0] if len(windows) == 1 else (windows or None),
-            "params": stage_params[i],
+            "params": footprint.stage_params[i],
         }
         if token:
             w = windows[0] if len(windows) == 1 else max(windows)
@@ -77,7 +69,6 @@ def describe(spec: ModelSpec, img_size: int, batch_size: int = 1) -> dict[str, A
             entry["windows_per_image"] = (padded // w) ** 2
             entry["padded_tokens"] = padded * padded - side * side
         stages.append(entry)
-    footprint = estimate(spec, img_size, batch_size)
     memory = {
         "batch_size": batch_size,
         "param_bytes": footprint.param_bytes,
@@ -90,7 +81,7 @@ def describe(spec: ModelSpec, img_size: int, batch_size: int = 1) -> dict[str, A
     return {
         "canonical": spec.pattern,
         "hash": spec.arch_hash(),
-        "params": params,
+        "params": footprint.params,
         "img_size": img_size,
         "memory": memory,
         "stages": stages,
