@@ -30,7 +30,7 @@ import torch
 
 from blocks.scan import scan_backend, selective_scan
 from blocks.scan.backends import describe_backend
-from blocks.scan.blocked import Blocks, plan
+from blocks.scan.blocked_core import Blocks, plan
 
 # (name, batch*windows, dim, length, state)
 SHAPES = [
@@ -186,7 +186,7 @@ def bench_grid(repeat: int, warmup: int) -> None:
             fns[backend] = fwd_bwd
         ms = interleaved_ms(fns, repeat, warmup)
         ratio = ms["reference"] / ms["fast"]
-        slower += ratio < 0.95  # a 5% margin: identical code (L <= fast.SHORT_LENGTH) reads 0.97x-1.03x
+        slower += ratio < 0.95  # a 5% margin: identical code (L <= blocked.SHORT_LENGTH) reads 0.97x-1.03x
         label = f"{batch},{dim},{length},{state},{form}"
         print(f"{label:<30}{ms['reference']:>14.2f}{ms['blocked']:>12.2f}{ms['fast']:>10.2f}{ratio:>9.1f}x", flush=True)
     print(f"grid: fast more than 5% slower than reference on {slower} of {len(GRID)} shapes")

@@ -9,6 +9,12 @@ SYMBOL is a registered block (`C`, `M`, `A`, or a user block: an upper-case lett
 followed by lower-case letters), so `MMAA`, `M*2 A*2` and `(M)*2 (A)*2` all mean the same stage.
 Parsing validates every option against its block's schema and drops values equal to the default,
 which makes `Pattern` equality structural and `canonical()` unique: `parse(canonical(p)) == parse(p)`.
+
+Limits, checked while reading and before anything is expanded, so hostile input fails fast with one line:
+a pattern has at most MAX_BLOCKS blocks in all (counted arithmetically: `(M*1000)*1000` is refused at its
+second count, without building a list), groups nest at most MAX_DEPTH deep, a count has at most
+MAX_COUNT_DIGITS ASCII digits and is at most MAX_REPEAT. MAX_REPEAT equals MAX_BLOCKS, so the canonical form,
+which folds a stage into runs of at most the stage's length, always parses again.
 """
 
 from __future__ import annotations
@@ -19,8 +25,12 @@ from typing import Any
 from blocks.registry import BlockType, block_types, get_block_type
 from hybridlab.errors import PatternError
 
-MAX_REPEAT = 1000
-MAX_BLOCKS_PER_STAGE = 4096
+MAX_BLOCKS = 4096  # blocks in a whole pattern
+MAX_REPEAT = MAX_BLOCKS  # largest count: any run the canonical form folds stays within it
+MAX_DEPTH = 32  # nested groups
+MAX_COUNT_DIGITS = 6  # digits of one count, leading zeros included
+MAX_VALUE_CHARS = 64  # characters of one option value
+_DIGITS = "0123456789"
 _VALUE_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.+-")
 
 
@@ -125,6 +135,7 @@ class _Parser:
         self.text = text
         self.pos = 0
         self.known = block_types()
+        self.done = 0  # blocks in the stages already read
 
     # -- helpers -------------------------------------------------------------------------------
     def error(self, message: str, pos: int | None = None) -> PatternError:
@@ -141,6 +152,11 @@ class _Parser:
     def describe(self, ch: str) -> str:
         return "end of pattern" if not ch else repr(ch)
 
+    @staticmethod
+    def quote(text: str) -> str:
+        """repr() of user text, cut so that an error message stays one short line."""
+        return repr(text) if len(text) <= 40 else repr(text[:40]) + "..."
+
     # -- grammar -------------------------------------------------------------------------------
     def parse(self) -> Pattern:
         if not self.text.strip():
@@ -150,14 +166,11 @@ class _Parser:
             start = self.pos
             self.skip_space()
             stage_start = self.pos
-            blocks = self.items(closing="")
+            blocks = self.items(closing="", base=self.done, depth=0)
             if not blocks:
                 at = stage_start if self.pos < len(self.text) else max(start, len(self.text) - 1)
                 raise self.error(f"stage {len(stages) + 1} is empty", at)
-            if len(blocks) > MAX_BLOCKS_PER_STAGE:
-                raise self.error(
-                    f"stage {len(stages) + 1} has {len(blocks)} blocks (max {MAX_BLOCKS_PER_STAGE})", stage_start
-                )
+            self.done += len(blocks)
             stages.append(tuple(blocks))
             ch = self.peek()
             if ch == "|":
@@ -167,8 +180,17 @@ class _Parser:
                 return Pattern(tuple(stages))
             raise self.error(f"unexpected {self.describe(ch)}")
 
-    def items(self, closing: str) -> list[BlockSpec]:
-        """Items until '|', the closing bracket of a group, or the end."""
+    def check_size(self, blocks: int, pos: int) -> None:
+        """Refuse once the pattern is sure to exceed MAX_BLOCKS; `blocks` is a lower bound of its total."""
+        if blocks > MAX_BLOCKS:
+            raise self.error(f"too many blocks: {blocks} or more (a pattern has at most {MAX_BLOCKS})", pos)
+
+    def items(self, closing: str, base: int, depth: int) -> list[BlockSpec]:
+        """Items until '|', the closing bracket of a group, or the end.
+
+        `base` counts the blocks around this list that are already certain (earlier stages, the enclosing
+        lists so far): every block read here adds at least one more, whatever counts follow.
+        """
         out: list[BlockSpec] = []
         while True:
             ch = self.peek()
@@ -176,14 +198,18 @@ class _Parser:
                 return out
             if ch == ")":
                 raise self.error("unmatched ')'")
-            out.extend(self.item())
+            pos = self.pos
+            out.extend(self.item(base + len(out), depth))
+            self.check_size(base + len(out), pos)
 
-    def item(self) -> list[BlockSpec]:
+    def item(self, base: int, depth: int) -> list[BlockSpec]:
         ch = self.peek()
         if ch == "(":
             open_pos = self.pos
+            if depth >= MAX_DEPTH:
+                raise self.error(f"groups are nested more than {MAX_DEPTH} deep", open_pos)
             self.pos += 1
-            inner = self.items(closing=")")
+            inner = self.items(closing=")", base=base, depth=depth + 1)
             if self.peek() != ")":
                 raise self.error("unclosed '(' (missing ')')", open_pos)
             if not inner:
@@ -194,7 +220,7 @@ class _Parser:
             unit = [self.block()]
         elif ch == "*":
             raise self.error("'*' must follow a block or a group, e.g. M*4 or (M A)*2")
-        elif ch.isdigit():
+        elif ch in _DIGITS:
             raise self.error(f"unexpected number {ch!r}; write repetition as M*{ch}")
         elif ch in "[]":
             raise self.error(f"unexpected {ch!r}; options follow a block symbol, e.g. M[d_state=16]")
@@ -202,15 +228,20 @@ class _Parser:
             raise self.error(f"unexpected {self.describe(ch)} (blocks are {', '.join(self.known)})")
         if self.peek() == "*":
             self.pos += 1
+            self.skip_space()
+            count_pos = self.pos
             count = self.count()
+            self.check_size(base + len(unit) * count, count_pos)  # before the list is built
             return unit * count
         return unit
 
     def count(self) -> int:
         self.skip_space()
         start = self.pos
-        while self.pos < len(self.text) and self.text[self.pos].isdigit():
+        while self.pos < len(self.text) and self.text[self.pos] in _DIGITS:
             self.pos += 1
+            if self.pos - start > MAX_COUNT_DIGITS:
+                raise self.error(f"repetition count is too large (more than {MAX_COUNT_DIGITS} digits; max {MAX_REPEAT})", start)
         digits = self.text[start:self.pos]
         if not digits:
             got = self.text[self.pos] if self.pos < len(self.text) else ""
@@ -230,7 +261,7 @@ class _Parser:
         symbol = self.text[start:self.pos]
         block_type = self.known.get(symbol)
         if block_type is None:
-            raise self.error(f"unknown block {symbol!r} (known: {', '.join(self.known)})", start)
+            raise self.error(f"unknown block {self.quote(symbol)} (known: {', '.join(self.known)})", start)
         options: dict[str, Any] = {}
         if self.pos < len(self.text) and self.text[self.pos] == "[":
             options = self.options(block_type)
@@ -249,7 +280,7 @@ class _Parser:
             if self.text[self.pos] == "]" and not values:
                 raise self.error("empty options '[]'", open_pos)
             name_pos = self.pos
-            while self.pos < len(self.text) and (self.text[self.pos].isalnum() or self.text[self.pos] == "_"):
+            while self.pos < len(self.text) and self.text[self.pos].isascii() and (self.text[self.pos].isalnum() or self.text[self.pos] == "_"):
                 self.pos += 1
             name = self.text[name_pos:self.pos]
             if not name:
@@ -258,7 +289,7 @@ class _Parser:
             schema = block_type.options
             if name not in schema:
                 known = ", ".join(schema) or "none"
-                raise self.error(f"unknown option {name!r} for block {block_type.symbol!r} (known: {known})", name_pos)
+                raise self.error(f"unknown option {self.quote(name)} for block {block_type.symbol!r} (known: {known})", name_pos)
             if name in values:
                 raise self.error(f"option {name!r} given twice", name_pos)
             if self.peek() != "=":
@@ -268,6 +299,8 @@ class _Parser:
             value_pos = self.pos
             while self.pos < len(self.text) and self.text[self.pos] in _VALUE_CHARS:
                 self.pos += 1
+                if self.pos - value_pos > MAX_VALUE_CHARS:
+                    raise self.error(f"value of option {name!r} is longer than {MAX_VALUE_CHARS} characters", value_pos)
             raw = self.text[value_pos:self.pos]
             if not raw:
                 got = self.text[self.pos] if self.pos < len(self.text) else ""

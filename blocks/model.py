@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from dataclasses import fields
 from typing import Any
 
 import torch
@@ -32,10 +33,9 @@ from hybridlab.errors import ConfigError
 OFFICIAL_IGNORED = frozenset(
     {"resolution", "global_pool", "qkv_bias", "qk_scale", "drop_rate", "attn_drop_rate", "norm_layer", "bn_eps"}
 )
-_SETTINGS = (
-    "dim", "in_dim", "num_heads", "window_size", "mlp_ratio", "drop_path_rate", "layer_scale",
-    "layer_scale_conv", "num_classes", "in_chans", "stem_stride", "dims", "init",
-)  # fmt: skip
+# The settings HybridNet takes are ModelSpec's fields, defaults included: they are not repeated here.
+_SETTINGS = frozenset(f.name for f in fields(ModelSpec) if f.name != "pattern")
+_NULLABLE = frozenset(f.name for f in fields(ModelSpec) if f.default is None)  # None is a value, not "unset"
 
 
 class PatchEmbed(nn.Module):
@@ -116,11 +116,14 @@ class HybridLevel(nn.Module):
 class HybridNet(nn.Module):
     """A hybrid backbone from a pattern (or a ModelSpec); argument names mirror official MambaVision.
 
-    Give either `spec` or `pattern` plus settings (validated through `ModelSpec.create`). With both,
-    settings that differ from the defaults below and a given `pattern` override the spec's. When
-    `pattern` is None, official `depths=[...]` give the official pattern (conv stages 1-2, then the
+    Give a `spec`, or a `pattern` plus settings, or both. Settings are ModelSpec's fields (`dim`,
+    `num_heads`, `window_size`, ...), validated by `ModelSpec.create`, with ModelSpec's defaults. With a
+    `spec`, every setting given here (and a given `pattern`) overrides the spec's, through
+    `spec.with_settings`: `HybridNet(spec=s, dim=80)` has dim 80 whatever `s.dim` is. A setting given as
+    None counts as not given, except where None is a value (`layer_scale`, `layer_scale_conv`, `dims`).
+    When `pattern` is None, official `depths=[...]` give the official pattern (conv stages 1-2, then the
     first ceil(N/2) mixers and the rest attention); with neither, the MambaVision-T pattern is used.
-    Other keyword arguments are ignored, like the official constructor does.
+    Other keyword arguments are ignored, like the official constructor does (unknown ones with a warning).
     `forward_features` returns the normalised NCHW map (timm convention; the official one pools).
     """
 
@@ -129,29 +132,12 @@ class HybridNet(nn.Module):
         pattern: str | None = None,
         *,
         spec: ModelSpec | None = None,
-        dim: int = 80,
-        in_dim: int = 32,
-        num_heads: int | Sequence[int] = (2, 4, 8, 16),
-        window_size: int | Sequence[int] = (8, 8, 14, 7),
-        mlp_ratio: float = 4.0,
-        drop_path_rate: float = 0.2,
-        layer_scale: float | None = None,
-        layer_scale_conv: float | None = None,
-        num_classes: int = 1000,
-        in_chans: int = 3,
-        stem_stride: int = 4,
-        dims: Sequence[int] | None = None,
         depths: Sequence[int] | None = None,
-        init: str = "official",
-        **ignored_like_official: Any,
+        **settings: Any,
     ) -> None:
         super().__init__()
-        _warn_ignored(ignored_like_official)
-        given = dict(
-            dim=dim, in_dim=in_dim, num_heads=num_heads, window_size=window_size, mlp_ratio=mlp_ratio,
-            drop_path_rate=drop_path_rate, layer_scale=layer_scale, layer_scale_conv=layer_scale_conv,
-            num_classes=num_classes, in_chans=in_chans, stem_stride=stem_stride, dims=dims, init=init,
-        )  # fmt: skip
+        given = {k: v for k, v in settings.items() if k in _SETTINGS and (v is not None or k in _NULLABLE)}
+        _warn_ignored({k: v for k, v in settings.items() if k not in _SETTINGS})
         spec = _resolve_spec(spec, pattern, depths, given)
         self.spec = spec
         self.pattern = spec.pattern
@@ -350,16 +336,10 @@ def _resolve_spec(
         return ModelSpec.create(pattern if pattern is not None else DEFAULT_PATTERN, **given)
     if not isinstance(spec, ModelSpec):
         raise ConfigError(f"spec must be a ModelSpec, got {type(spec).__name__}", "model")
-    changes = {k: v for k, v in given.items() if not _same(v, _DEFAULTS[k])}
+    changes = dict(given)
     if pattern is not None:
         changes["pattern"] = pattern
     return spec.with_settings(**changes) if changes else spec
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return list(a) == list(b)
-    return a == b
 
 
 def _warn_ignored(kwargs: dict[str, Any]) -> None:
@@ -367,14 +347,5 @@ def _warn_ignored(kwargs: dict[str, Any]) -> None:
     if unknown:
         warnings.warn(f"HybridNet ignores unknown arguments: {', '.join(unknown)}", stacklevel=3)
 
-
-def _signature_defaults() -> dict[str, Any]:
-    import inspect
-
-    params = inspect.signature(HybridNet.__init__).parameters
-    return {name: params[name].default for name in _SETTINGS}
-
-
-_DEFAULTS = _signature_defaults()
 
 __all__ = ["Downsample", "HybridLevel", "HybridNet", "PatchEmbed"]

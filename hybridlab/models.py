@@ -6,12 +6,12 @@ Shared by `hybridlab show` and `hybridlab bench`, so both accept exactly the sam
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
-
-from blocks.spec import ModelSpec
 from hybridlab.errors import ConfigError
+
+if TYPE_CHECKING:  # blocks imports torch: the CLI parser, which imports this module, must not
+    from blocks.spec import ModelSpec
 
 _SETTINGS = {
     "dim": int, "in_dim": int, "mlp_ratio": float, "drop_path_rate": float, "layer_scale": float,
@@ -28,6 +28,8 @@ def is_preset(name: str) -> bool:
 
 def resolve_spec(target: str, **settings: Any) -> ModelSpec:
     """A preset name (settings override it) or a pattern string (settings complete it)."""
+    from blocks.spec import ModelSpec
+
     settings = {k: v for k, v in settings.items() if v is not None}
     if is_preset(target):
         from blocks.presets import preset_spec
@@ -68,6 +70,8 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
         except ValueError:
             raise ConfigError(f"expected integers separated by commas, got {raw!r}", f"--{name.replace('_', '-')}") from None
         out[name] = values[0] if len(values) == 1 and name != "dims" else values
+    import yaml
+
     for item in getattr(args, "model_kwargs", []) or []:
         key, sep, text = item.partition("=")
         if not sep:

@@ -43,7 +43,15 @@ INVALID = [
     ("| C", 1, "stage 1 is empty"),
     ("M*", 3, "expected a repetition count"),
     ("M*0", 3, "at least 1"),
-    ("M*1001", 3, "too large"),
+    ("M*4097", 3, "repetition count 4097 is too large (max 4096)"),
+    ("M*0000001", 3, "more than 6 digits"),
+    ("M*²", 3, "expected a repetition count after '*', got '²'"),
+    ("M*1²", 4, "unexpected '²'"),
+    ("²", 1, "unexpected '²'"),
+    ("(M*1000)*5", 10, "too many blocks: 5000 or more (a pattern has at most 4096)"),
+    ("M*4096 | C", 10, "too many blocks: 4097 or more"),
+    ("M[d_state=" + "1" * 65 + "]", 11, "longer than 64 characters"),
+    ("M[ｄ_state=8]", 3, "expected an option name, got 'ｄ'"),
     ("(M A", 1, "unclosed '('"),
     ("M A)", 4, "unmatched ')'"),
     ("()", 1, "empty group"),
@@ -86,9 +94,52 @@ def test_invalid_patterns_name_problem_and_column(text: str, col: int, message: 
     assert str(err).startswith(f"pattern error at col {col}:" if col else "pattern error:")
 
 
-def test_issue_example_message() -> None:
+def test_readme_example_message() -> None:
     with pytest.raises(PatternError, match=r"^pattern error at col 7: unknown block 'Q' \(known: A, C, M\)$"):
         parse("C | C Q*3")  # col 7 is the Q
+
+
+# --- size limits: refused while reading, before anything is expanded --------------------------------
+
+def test_nested_repetition_is_refused_before_expansion() -> None:
+    """Three nested counts of 1000 would be 10^9 blocks; the second count already exceeds the cap."""
+    with pytest.raises(PatternError, match=r"^pattern error at col 13: too many blocks: 1000000 or more"):
+        parse("(((M)*1000)*1000)*1000")
+
+
+def test_counts_are_bounded_by_digits_not_by_python_int_limits() -> None:
+    with pytest.raises(PatternError, match="repetition count is too large"):
+        parse("M*" + "9" * 5000)  # int() of this many digits raises ValueError in Python 3.11
+
+
+@pytest.mark.parametrize("depth", [33, 500, 5000])
+def test_deep_nesting_is_a_pattern_error(depth: int) -> None:
+    with pytest.raises(PatternError, match="groups are nested more than 32 deep") as info:
+        parse("(" * depth + "M" + ")" * depth)
+    assert info.value.col == 33
+
+
+def test_nesting_up_to_the_limit_parses() -> None:
+    assert parse("(" * 32 + "M A" + ")" * 32) == parse("M A")
+    assert parse("(" * 12 + "M" + ")*2" * 12) == parse("M*4096")
+
+
+def test_many_leaves_are_refused_at_the_first_block_over_the_cap() -> None:
+    with pytest.raises(PatternError, match="too many blocks: 4097 or more") as info:
+        parse("M" * 100_000)
+    assert info.value.col == 4097
+
+
+def test_long_names_are_cut_in_messages() -> None:
+    with pytest.raises(PatternError) as info:
+        parse("Q" + "x" * 10_000)
+    assert len(str(info.value)) < 200
+
+
+@pytest.mark.parametrize("text", ["(M*1000)*4", "M*4096", "(M A)*2048", "(M*2 A)*1365 C", "C | (M*1000)*4"])
+def test_canonical_form_of_large_valid_patterns_parses(text: str) -> None:
+    """The canonical form folds runs into one count; that count is within MAX_REPEAT."""
+    assert parse(canonical(text)) == parse(text)
 
 
 def test_spaces_and_equivalent_forms_are_equal() -> None:

@@ -145,6 +145,22 @@ def test_spec_build_and_overrides():
     assert other.depths == (1, 1, 1, 1)
 
 
+def test_settings_given_with_a_spec_override_it_even_at_their_defaults():
+    """A setting equal to ModelSpec's default still overrides a spec that has another value."""
+    spec = ModelSpec.create(TINY_PATTERN, **{**TINY, "dim": 16})
+    assert spec.dim == 16 and ModelSpec.create(TINY_PATTERN).dim == 80
+    assert HybridNet(spec=spec, dim=8).spec == spec.with_settings(dim=8)
+    with torch.device("meta"):
+        assert HybridNet(spec=spec, dim=80).spec.dim == 80  # 80 is ModelSpec's default: once silently dropped
+    assert HybridNet(spec=spec, mlp_ratio=4.0, init="official").spec == spec  # defaults, and the spec's values
+    assert HybridNet(spec=spec).spec is spec
+    assert HybridNet(spec=spec, dim=None).spec is spec  # None: not given
+    scaled = HybridNet(spec=spec.with_settings(layer_scale=1e-5), layer_scale=None)
+    assert scaled.spec.layer_scale is None  # None is a value for layer_scale
+    with pytest.raises(ConfigError, match="^dim: expected an integer"):
+        HybridNet(spec=spec, dim="wide")
+
+
 def test_official_style_constructor_arguments():
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -25,7 +25,7 @@ OFFICIAL = {
 
 
 def official_shapes(depths, dim, in_dim, layer_scale) -> dict[str, tuple[int, ...]]:
-    """State-dict keys and shapes of the official MambaVision, in module order (research spec section 5.3)."""
+    """State-dict keys and shapes of the official MambaVision, in module order (as in the released checkpoints)."""
     out: dict[str, tuple[int, ...]] = {}
 
     def bn(p, c):

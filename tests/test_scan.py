@@ -9,6 +9,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import blocks.scan.blocked as blocked
+import blocks.scan.blocked_core as blocked_core
 import blocks.scan.compiled as compiled
 import blocks.scan.fast as fast
 from blocks.scan import available_backends, resolve_backend, scan_backend, scan_flops, selective_scan
@@ -213,26 +214,35 @@ def _backends_for(device: str) -> list[str]:
 IMPLEMENTATIONS = ["blocked", "compiled"]
 
 
+def refuses(backend: str, bc: str, args) -> bool:
+    """`compiled` by name takes input-dependent B/C only: check that it refuses (D, N) ones with one line."""
+    if backend != "compiled" or bc != "dn":
+        return False
+    with pytest.raises(ConfigError, match=r"^selective_scan: scan backend 'compiled' takes input-dependent B and C"):
+        selective_scan(*args, backend=backend)
+    return True
+
+
 def small_blocks(monkeypatch, steps: int = 3) -> None:
     """Make both cores cut time into blocks of about `steps` steps at every test shape, so that several
     blocks, block boundaries and (where `steps` does not divide L) padding are exercised: the blocked core's
     buffers, and the compiled kernel's backward blocks (it saves the state entering each)."""
     monkeypatch.setattr(compiled, "STEPS", steps)
-    real_plan = blocked.plan
+    real_plan = blocked_core.plan
 
     def plan(batch, dim, length, state):
-        monkeypatch.setattr(blocked, "BLOCK_ELEMENTS", steps * batch * dim * state)
+        monkeypatch.setattr(blocked_core, "BLOCK_ELEMENTS", steps * batch * dim * state)
         return real_plan(batch, dim, length, state)
 
+    monkeypatch.setattr(blocked_core, "plan", plan)
     monkeypatch.setattr(blocked, "plan", plan)
-    monkeypatch.setattr(fast, "plan", plan)
 
 
 @pytest.mark.parametrize("blocks", ["one block", "blocks of 3"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("case", PARITY, ids=lambda c: "b{}d{}l{}n{}-{}".format(*c[:5]))
 def test_backends_match_reference(case, dtype, blocks, monkeypatch):
-    monkeypatch.setattr(fast, "SHORT_LENGTH", 0)  # run the blocked core even for L=1 and L=4
+    monkeypatch.setattr(blocked, "SHORT_LENGTH", 0)  # run the blocked core even for L=1 and L=4
     if blocks == "blocks of 3":
         small_blocks(monkeypatch)
     batch, dim, length, state, bc, with_D, with_z, with_bias, softplus, last = case
@@ -241,6 +251,8 @@ def test_backends_match_reference(case, dtype, blocks, monkeypatch):
     want = run(args, "reference", softplus, last)
     tol = dict(rtol=1e-9, atol=1e-9) if dtype == torch.float64 else dict(rtol=2e-4, atol=2e-4)
     for backend in _backends_for("cpu"):
+        if refuses(backend, bc, args):
+            continue
         got = run(args, backend, softplus, last)
         assert len(got) == len(want)
         for g, w in zip(got, want):
@@ -249,18 +261,18 @@ def test_backends_match_reference(case, dtype, blocks, monkeypatch):
 
 
 def test_plan_block_lengths(monkeypatch):
-    monkeypatch.setattr(blocked, "BLOCK_ELEMENTS", 1 << 19)
-    assert blocked.plan(64, 160, 196, 8) == 4  # 6 steps fit; 4 is the largest divisor of 196 in [4, 6]
-    assert blocked.plan(64, 320, 49, 8) == 3  # 3 fit, no divisor of 49 in [2, 3]: padded to 51 steps
-    assert blocked.plan(8, 256, 196, 16) == 14  # 16 fit, 14 divides 196
-    assert blocked.plan(1, 8, 5, 1) == 5  # never longer than L
-    assert blocked.plan(4096, 4096, 10, 64) == 1  # a slab over the budget still makes blocks of 1 step
+    monkeypatch.setattr(blocked_core, "BLOCK_ELEMENTS", 1 << 19)
+    assert blocked_core.plan(64, 160, 196, 8) == 4  # 6 steps fit; 4 is the largest divisor of 196 in [4, 6]
+    assert blocked_core.plan(64, 320, 49, 8) == 3  # 3 fit, no divisor of 49 in [2, 3]: padded to 51 steps
+    assert blocked_core.plan(8, 256, 196, 16) == 14  # 16 fit, 14 divides 196
+    assert blocked_core.plan(1, 8, 5, 1) == 5  # never longer than L
+    assert blocked_core.plan(4096, 4096, 10, 64) == 1  # a slab over the budget still makes blocks of 1 step
 
 
 @pytest.mark.parametrize("length,T", [(1, 1), (6, 3), (7, 3), (7, 7), (10, 4)])
 def test_blocked_layout_round_trip(length, T):
     """(M, X, L) -> (nb, M, T, X) with zero padding -> back, and elementwise ops through the blocked view."""
-    lay = blocked.Blocks(3, length, T)
+    lay = blocked_core.Blocks(3, length, T)
     x = torch.randn(3, 5, length, generator=torch.Generator().manual_seed(length), dtype=torch.float64)
     blk = lay.to_blocks(x)
     assert blk.shape == (-(-length // T), 3, T, 5)
@@ -280,9 +292,9 @@ def test_blocked_block_layouts(steps, monkeypatch):
     """Every block layout (blocks of one step, divisors of L, padded last blocks, a single block) against the
     reference in float64, for every B/C form, with and without the options, with and without autograd
     (inference reuses two alternating state buffers instead of saving block-entry states)."""
-    monkeypatch.setattr(fast, "SHORT_LENGTH", 0)
+    monkeypatch.setattr(blocked, "SHORT_LENGTH", 0)
     small_blocks(monkeypatch, steps)
-    assert fast.plan(4, 6, 37, 2) == steps  # 37 is prime: blocks of `steps`, the last one padded
+    assert blocked.plan(4, 6, 37, 2) == steps  # 37 is prime: blocks of `steps`, the last one padded
     for length in (1, 3, 9, 23, 37):
         for bc in ("dn", "bnl", "bgnl"):
             for options in (True, False):
@@ -403,12 +415,23 @@ def test_fast_picks_the_kernel_for_input_dependent_b_and_c(monkeypatch):
     if not compiled.available():
         pytest.skip(compiled.status())
     calls = []
-    for name in ("selective_scan_compiled", "selective_scan_blocked"):
+    for name in ("kernel_scan", "selective_scan_blocked"):
         real = getattr(fast, name)
         monkeypatch.setattr(fast, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
     for bc in ("bnl", "bgnl", "dn"):
         selective_scan(*make_inputs(2, 4, 9, 3, bc, seed=24), backend="fast")
-    assert calls == ["selective_scan_compiled", "selective_scan_compiled", "selective_scan_blocked"]
+    assert calls == ["kernel_scan", "kernel_scan", "selective_scan_blocked"]
+
+
+def test_compiled_refuses_input_independent_b_and_c():
+    """`compiled` by name never runs `blocked` under its name: (D, N) B/C get one line that says what to use."""
+    if not compiled.available():
+        pytest.skip(compiled.status())
+    with pytest.raises(ConfigError) as err:
+        selective_scan(*make_inputs(2, 4, 9, 3, "dn", seed=25), backend="compiled")
+    message = str(err.value)
+    assert message == ("selective_scan: scan backend 'compiled' takes input-dependent B and C, (B, N, L) or "
+                       "(B, G, N, L), got B (4, 3) and C (4, 3); use 'fast' (which runs 'blocked' there) or 'blocked'")
 
 
 def test_without_the_kernel_fast_runs_blocked(monkeypatch):
@@ -454,6 +477,8 @@ def test_kernel_build_is_cached_and_a_failed_build_says_why(tmp_path, monkeypatc
 )
 def test_gradcheck(bc, length, fast_mode, backend):
     args = leaf(make_inputs(2, 4, length, 3, bc, groups=2, seed=5))
+    if refuses(backend, bc, args):
+        return
 
     def f(*xs):
         return selective_scan(*xs, delta_softplus=True, return_last_state=True, backend=backend)
@@ -467,6 +492,8 @@ def test_gradcheck_several_padded_blocks(bc, backend, monkeypatch):
     """Blocks of 3 steps over L=11 (4 blocks, the last one short): gradients across block boundaries."""
     small_blocks(monkeypatch)
     args = leaf(make_inputs(2, 4, 11, 3, bc, groups=2, seed=12))
+    if refuses(backend, bc, args):
+        return
 
     def f(*xs):
         return selective_scan(*xs, delta_softplus=True, return_last_state=True, backend=backend)

@@ -5,11 +5,11 @@
     with scan_backend("reference"):                # or HYBRIDLAB_SCAN_BACKEND=reference
         y = selective_scan(u, delta, A, B, C, D, delta_bias=b, delta_softplus=True)
 
-Backends: "reference" (sequential loop, the ground truth), "compiled" (a C loop vectorised over channels,
-built on first use, `blocks.scan.compiled`), "blocked" (pure PyTorch: a blocked sequential scan on
-cache-sized buffers with a hand-written backward, `blocks.scan.blocked`), "fast" (the default off CUDA:
-compiled where it builds, else blocked), "mamba_ssm" (the CUDA kernel, when importable and tensors are
-on CUDA).
+Backends, each in the module of its name: "reference" (sequential loop, the ground truth), "compiled" (a C
+loop vectorised over channels, built on first use; input-dependent B/C only, anything else is refused),
+"blocked" (pure PyTorch: a blocked sequential scan on cache-sized buffers, `blocks.scan.blocked_core`, with
+a hand-written backward), "fast" (the default off CUDA: compiled where it builds and takes the inputs,
+else blocked), "mamba_ssm" (the CUDA kernel, when importable and tensors are on CUDA).
 `auto` is resolved per call: innermost `scan_backend(...)`, then $HYBRIDLAB_SCAN_BACKEND, then the device
 default. Under FlopCounterMode every backend counts exactly `scan_flops(...)` (see `blocks.scan.counting`).
 `python -m blocks.bench_scan` compares the backends' speed.

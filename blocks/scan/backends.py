@@ -4,7 +4,9 @@ Precedence for `backend="auto"`: the innermost `scan_backend(...)` context, then
 HYBRIDLAB_SCAN_BACKEND, then the device default (CUDA tensors with mamba-ssm importable -> "mamba_ssm",
 else "fast"). An explicit backend name always wins. Unknown or unavailable names raise ConfigError.
 "fast" is the best CPU implementation present: "compiled" when its kernel builds here (and B, C are
-input-dependent), else "blocked"; `describe_backend` names which, for measurement records.
+input-dependent), else "blocked"; `describe_backend` names which, for measurement records. "compiled" asked
+for by name runs the kernel or refuses the inputs it cannot take; it never runs anything else.
+Modules: `reference`, `blocked` (on the core in `blocked_core`), `compiled` (kernel.c) and `fast` (dispatch).
 """
 
 from __future__ import annotations
@@ -40,12 +42,13 @@ def _mamba_ssm_fn() -> Optional[Callable]:
 def _implemented() -> dict[str, Callable]:
     """The CPU backends present here (all but "compiled" always are), imported on first use."""
     from blocks.scan import compiled
-    from blocks.scan.fast import selective_scan_blocked, selective_scan_fast
+    from blocks.scan.blocked import selective_scan_blocked
+    from blocks.scan.fast import selective_scan_fast
     from blocks.scan.reference import selective_scan_reference
 
     names = {"reference": selective_scan_reference, "blocked": selective_scan_blocked, "fast": selective_scan_fast}
     if compiled.available():
-        names["compiled"] = selective_scan_fast  # the kernel where it takes the inputs, `blocked` elsewhere
+        names["compiled"] = compiled.selective_scan_compiled  # refuses (D, N) B/C rather than run `blocked`
     return names
 
 

@@ -1,6 +1,6 @@
-"""The compiled CPU core of `fast`: `kernel.c`, built once per machine with the system C compiler.
+"""The `compiled` backend, and the core of `fast`: `kernel.c`, built once per machine with the system C compiler.
 
-Why: in PyTorch ops the scan is bound by passes over the (B, L, N, D) state volume (see `blocked`); a
+Why: in PyTorch ops the scan is bound by passes over the (B, L, N, D) state volume (see `blocked_core`); a
 loop over time that keeps the state in L1 runs at the speed of its arithmetic instead, 3-4x faster than
 `blocked` forward and backward (`python -m blocks.bench_scan`). The kernel is plain C (no Python or torch
 headers), so it builds in about a second; it is cached under $HYBRIDLAB_CACHE_DIR (default
@@ -9,6 +9,8 @@ ctypes. Work items (batch row, chunk of channels) run on torch's intra-op thread
 OpenMP threads (see THREADING). The kernel reads and writes strided (B, D, L) views, so the mixer's
 transposed delta costs no copy, and outputs come back as (B, D, L) views of (B, L, D) memory.
 Where no compiler works, `available()` is False, `status()` says why, and `fast` runs `blocked`.
+The kernel takes input-dependent B and C only (see `supports`): `backend="compiled"` refuses (D, N) B/C
+with one line, while `fast` sends them to `blocked`.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from blocks.scan._common import compute_dtype, explicit_scan
+from blocks.scan._common import WHERE, compute_dtype, explicit_scan
+from hybridlab.errors import ConfigError
 
 SOURCE = Path(__file__).with_name("kernel.c")
 SOURCES = (SOURCE, SOURCE.with_name("scan_kernel.inc"))
@@ -264,6 +267,30 @@ def compiled_backward(inputs, saved, meta, g_out: Optional[Tensor], g_last: Opti
     return tuple(None if gr is None else gr.to(x.dtype) for gr, x in zip(grads, inputs))
 
 
-# The kernel's entry point, for inputs `supports` accepts; `fast` (blocks.scan.fast) is the dispatcher that
-# sends everything else to `blocked`.
-selective_scan_compiled = explicit_scan("compiled", compiled_forward, compiled_backward)
+# The bare kernel, for inputs `supports` accepts: `fast` (blocks.scan.fast) calls it after asking.
+kernel_scan = explicit_scan("compiled", compiled_forward, compiled_backward)
+
+
+def selective_scan_compiled(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Optional[Tensor] = None,
+    z: Optional[Tensor] = None,
+    delta_bias: Optional[Tensor] = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+):
+    """The `compiled` backend: the kernel, or a one-line ConfigError for inputs it cannot take.
+
+    Refusing (rather than running `blocked` under the name `compiled`) keeps measurement records honest.
+    """
+    if not supports(B, C, u.device):
+        if u.device.type != "cpu":
+            why = f"CPU tensors, got {u.device.type}"
+        else:
+            why = f"input-dependent B and C, (B, N, L) or (B, G, N, L), got B {tuple(B.shape)} and C {tuple(C.shape)}"
+        raise ConfigError(f"scan backend 'compiled' takes {why}; use 'fast' (which runs 'blocked' there) or 'blocked'", WHERE)
+    return kernel_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)

@@ -5,7 +5,7 @@ its internals happen to be (and elementwise work not at all). While a FlopCounte
 `selective_scan` calls `torch.ops.hybridlab.selective_scan` instead; the mode then sees that one op (it does
 not look inside an op it has a formula for) and adds exactly `scan_flops(...)`, whatever the backend.
 The backward is the op `hybridlab::selective_scan_backward`, counted as twice the forward term (the usual
-convention, the one FlopCounterMode applies to matmuls); it recomputes the forward and applies the `fast`
+convention, the one FlopCounterMode applies to matmuls); it recomputes the forward and applies the `blocked`
 backend's explicit backward, which gives the same gradients as every backend.
 Outside a FlopCounterMode nothing here runs.
 """
@@ -20,7 +20,7 @@ from torch.utils.flop_counter import register_flop_formula
 
 from blocks.scan._common import compute_dtype
 from blocks.scan.backends import backend_impl
-from blocks.scan.fast import fast_backward, fast_forward
+from blocks.scan.blocked import blocked_backward, blocked_forward
 
 
 def scan_flops(batch: int, dim: int, length: int, state: int, with_D: bool = True, with_z: bool = False) -> int:
@@ -83,8 +83,8 @@ def _scan_backward_op(
     delta_softplus: bool,
 ) -> list[Tensor]:
     inputs = (u, delta, A, B, C, D, z, delta_bias)
-    _, _, (saved, meta) = fast_forward(*inputs, delta_softplus, need_saved=True)
-    grads = fast_backward(inputs, saved, meta, g_out, g_last)
+    _, _, (saved, meta) = blocked_forward(*inputs, delta_softplus, need_saved=True)
+    grads = blocked_backward(inputs, saved, meta, g_out, g_last)
     return [u.new_empty(0) if gr is None else gr.contiguous() for gr in grads]
 
 

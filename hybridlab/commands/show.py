@@ -1,22 +1,26 @@
-"""`hybridlab show PATTERN_OR_PRESET`: canonical pattern, per-stage table and parameter count."""
+"""`hybridlab show PATTERN_OR_PRESET`: canonical pattern, per-stage table, parameters and memory estimate.
+
+torch and blocks are imported inside the functions: the CLI parser imports this module.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from blocks.spec import ModelSpec
 from hybridlab.models import add_model_args, resolve_spec, settings_from_args
+
+if TYPE_CHECKING:
+    from blocks.spec import ModelSpec
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("show", help="describe a pattern or preset: canonical form, stages, parameters")
     parser.add_argument("target", metavar="PATTERN_OR_PRESET")
     parser.add_argument("--img-size", type=int, default=224, help="input side for the feature-map sizes (default 224)")
+    parser.add_argument("--batch-size", type=int, default=1, help="batch size for the memory estimate (default 1)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     add_model_args(parser)
     parser.set_defaults(func=main)
@@ -27,8 +31,10 @@ def main(args: argparse.Namespace) -> int:
 
     if args.img_size < 1:
         raise ConfigError(f"must be at least 1, got {args.img_size}", "--img-size")
+    if args.batch_size < 1:
+        raise ConfigError(f"must be at least 1, got {args.batch_size}", "--batch-size")
     spec = resolve_spec(args.target, **settings_from_args(args))
-    info = describe(spec, args.img_size)
+    info = describe(spec, args.img_size, args.batch_size)
     if args.json:
         print(json.dumps(info, indent=2))
     else:
@@ -36,20 +42,15 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def describe(spec: ModelSpec, img_size: int) -> dict[str, Any]:
-    """Everything `show` prints, as data: canonical, hash, params, and one entry per stage."""
-    with torch.device("meta"):  # no memory, no init: counting the largest preset takes a moment
-        model = spec.build()
-    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    stage_params = [0] * spec.parsed.num_stages
-    for name, p in model.named_parameters():
-        if name.startswith("levels.") and p.requires_grad:
-            stage_params[int(name.split(".")[1])] += p.numel()
-    side = img_size
-    for _ in range(int(math.log2(spec.stem_stride))):
-        side = (side + 1) // 2
+def describe(spec: ModelSpec, img_size: int, batch_size: int = 1) -> dict[str, Any]:
+    """Everything `show` prints, as data: canonical, hash, params, memory, and one entry per stage."""
+    from blocks.preflight import available_bytes, estimate
+
+    footprint = estimate(spec, img_size, batch_size)  # counts each distinct block once: no model is built
+    sides = spec.feature_map_sides(img_size)
     stages = []
     for i, stage in enumerate(spec.parsed.stages):
+        side = sides[i]
         token = any(b.block_type.is_token for b in stage)
         windows = sorted({b.option("window") or spec.window_size[i] for b in stage if b.block_type.is_token})
         entry: dict[str, Any] = {
@@ -59,7 +60,7 @@ def describe(spec: ModelSpec, img_size: int) -> dict[str, Any]:
             "width": spec.stage_dims[i],
             "map": [side, side],
             "window": windows[0] if len(windows) == 1 else (windows or None),
-            "params": stage_params[i],
+            "params": footprint.stage_params[i],
         }
         if token:
             w = windows[0] if len(windows) == 1 else max(windows)
@@ -68,13 +69,21 @@ def describe(spec: ModelSpec, img_size: int) -> dict[str, Any]:
             entry["windows_per_image"] = (padded // w) ** 2
             entry["padded_tokens"] = padded * padded - side * side
         stages.append(entry)
-        if i < spec.parsed.num_stages - 1:
-            side = (side + 1) // 2
+    memory = {
+        "batch_size": batch_size,
+        "param_bytes": footprint.param_bytes,
+        "largest_activation_bytes": footprint.largest_activation_bytes,
+        "inference_bytes": footprint.total(),
+        "training_bytes": footprint.total(training=True),
+        "available_bytes": available_bytes(),
+        "summary": footprint.describe(),
+    }
     return {
         "canonical": spec.pattern,
         "hash": spec.arch_hash(),
-        "params": params,
+        "params": footprint.params,
         "img_size": img_size,
+        "memory": memory,
         "stages": stages,
         "model": spec.to_dict(),
     }
@@ -85,6 +94,7 @@ def render(info: dict[str, Any]) -> str:
         f"canonical  {info['canonical']}",
         f"hash       {info['hash']}",
         f"params     {info['params']:,} ({info['params'] / 1e6:.2f} M) at {info['img_size']} px",
+        f"memory     {_memory_line(info['memory'])}",
         "",
     ]
     header = ("stage", "blocks", "width", "map", "window", "tokens", "windows", "params")
@@ -106,3 +116,13 @@ def render(info: dict[str, Any]) -> str:
     for row in rows:
         lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)))
     return "\n".join(lines)
+
+
+def _memory_line(memory: dict[str, Any]) -> str:
+    from blocks.preflight import format_bytes
+
+    line = memory["summary"]
+    available = memory["available_bytes"]
+    if available is not None and memory["inference_bytes"] > available:
+        line += f"; more than the {format_bytes(available)} available here"
+    return line
