@@ -15,9 +15,10 @@ import fnmatch
 import logging
 import math
 import os
+import sys
 import time
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from datetime import timedelta
 from pathlib import Path
@@ -35,10 +36,18 @@ from timm.optim import create_optimizer_v2, list_optimizers
 from timm.utils import ModelEmaV3
 
 from hybridlab.errors import ConfigError, HybridlabError
+from studies.checkpoints import (
+    BEST_NAME,
+    LAST_CKPT,
+    AtomicCheckpointIO,
+    disk_full_error,
+    is_disk_full,
+    remove_stale_temporaries,
+    resume_candidates,
+    usable_checkpoint,
+)
 
 PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true")
-LAST_CKPT = "last.ckpt"
-BEST_NAME = "best"
 
 
 class NonFiniteLossError(HybridlabError):
@@ -350,7 +359,8 @@ def make_trainer(recipe: TrainRecipe, root_dir: str | Path, callbacks: Sequence[
         benchmark=False if deterministic else None,
         gradient_clip_val=recipe.clip_grad, gradient_clip_algorithm="norm" if recipe.clip_grad else None,
         accumulate_grad_batches=recipe.accumulate_grad_batches, check_val_every_n_epoch=recipe.val_every_n_epochs,
-        callbacks=all_callbacks, logger=logger, enable_checkpointing=checkpoint, enable_progress_bar=progress_bar,
+        callbacks=all_callbacks, plugins=[AtomicCheckpointIO()] if checkpoint else None,
+        logger=logger, enable_checkpointing=checkpoint, enable_progress_bar=progress_bar,
         enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=10, default_root_dir=root,
         **optional)
 
@@ -372,17 +382,8 @@ def _device_count(devices: int | str | Sequence[int]) -> int:
     return int(devices)
 
 
-def _resume_path(resume_from: str | Path | None, root: Path) -> str | None:
-    """"last" (or "auto") picks root/last.ckpt when it exists; an explicit path must exist."""
-    if resume_from is None:
-        return None
-    if str(resume_from) in ("last", "auto"):
-        path = root / LAST_CKPT
-        return str(path) if path.is_file() else None
-    path = Path(resume_from)
-    if not path.is_file():
-        raise HybridlabError(f"cannot resume: checkpoint {path} does not exist")
-    return str(path)
+def _echo_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def _metric(metrics: Mapping[str, Any], key: str) -> float:
@@ -395,12 +396,15 @@ def train_and_evaluate(model: nn.Module, datamodule: L.LightningDataModule, reci
                        callbacks: Sequence[Callback] = (), progress_bar: bool = False,
                        logger: Logger | Iterable[Logger] | bool = True, devices: int | str = 1,
                        accelerator: str = "auto", deterministic: bool | Literal["warn"] = True,
-                       max_time: float | str | timedelta | None = None) -> dict[str, Any]:
+                       max_time: float | str | timedelta | None = None,
+                       echo: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train `model` on `datamodule` and validate it; returns the final validation metrics and where things went.
 
     Keys: top1, top5, val_loss (last validation), best_top1, epochs (completed), global_step, train_time_s (this
-    call: fit + final validation), best_ckpt, last_ckpt, resumed_from, stopped_by_time. `logger=True` writes
-    CSV metrics under root_dir/logs/version_<n>/. `resume_from` is a checkpoint path or "last". `seed` seeds
+    call: fit + final validation), best_ckpt, last_ckpt, resumed_from, resume_note, stopped_by_time.
+    `logger=True` writes CSV metrics under root_dir/logs/version_<n>/. `resume_from` is a checkpoint path or
+    "last"; an unusable checkpoint falls back to an older one beside it or to a fresh start, and the one-line
+    `resume_note` saying so also goes to `echo` (default: stderr). A full disk raises DiskFullError. `seed` seeds
     everything (`L.seed_everything(seed, workers=True)`) and becomes the data module's `shuffle_seed`; the model
     is built by the caller, so its initialisation follows whatever seed was set before.
     """
@@ -408,7 +412,10 @@ def train_and_evaluate(model: nn.Module, datamodule: L.LightningDataModule, reci
     root.mkdir(parents=True, exist_ok=True)
     if not isinstance(recipe, TrainRecipe):
         recipe = TrainRecipe.from_dict(recipe)
-    ckpt_path = _resume_path(resume_from, root)
+    remove_stale_temporaries(root)  # left by a write that a kill interrupted
+    resume, resume_note = usable_checkpoint(resume_candidates(resume_from, root), echo=echo or _echo_stderr,
+                                            explicit=resume_from is not None and str(resume_from) not in ("last", "auto"))
+    ckpt_path = str(resume) if resume is not None else None
     if recipe.batch_size is not None and hasattr(datamodule, "batch_size"):
         datamodule.batch_size = recipe.batch_size
     if hasattr(datamodule, "shuffle_seed"):  # the trial seed drives the shuffle order; data `seed` keeps subsets
@@ -427,11 +434,16 @@ def train_and_evaluate(model: nn.Module, datamodule: L.LightningDataModule, reci
         trainer = make_trainer(recipe, root, callbacks=callbacks, logger=logger, progress_bar=progress_bar,
                                devices=devices, accelerator=accelerator, deterministic=deterministic, strategy=strategy,
                                max_time=max_time)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-        metrics = dict(trainer.callback_metrics)
-        if "val/top1" not in metrics:  # e.g. resumed a finished run, or val not due on the last epoch
-            trainer.validate(module, datamodule=datamodule, verbose=False)
-            metrics.update(trainer.callback_metrics)
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+            metrics = dict(trainer.callback_metrics)
+            if "val/top1" not in metrics:  # e.g. resumed a finished run, or val not due on the last epoch
+                trainer.validate(module, datamodule=datamodule, verbose=False)
+                metrics.update(trainer.callback_metrics)
+        except OSError as err:
+            if is_disk_full(err):
+                raise disk_full_error(root, err) from None
+            raise
     elapsed = time.perf_counter() - start
     ckpt_cb = trainer.checkpoint_callback
     best_score = ckpt_cb.best_model_score if ckpt_cb is not None else None
@@ -447,6 +459,7 @@ def train_and_evaluate(model: nn.Module, datamodule: L.LightningDataModule, reci
         "best_ckpt": (ckpt_cb.best_model_path or None) if ckpt_cb is not None else None,
         "last_ckpt": str(last) if last.is_file() else None,
         "resumed_from": ckpt_path,
+        "resume_note": resume_note,
         "stopped_by_time": bool(timer is not None and max_time is not None and timer.time_remaining() is not None
                                 and timer.time_remaining() <= 0),
     }
