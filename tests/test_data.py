@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import pickle
 import struct
 import time
@@ -15,6 +16,7 @@ import torch
 from hybridlab.errors import ConfigError, HybridlabError
 from studies.data import DATASETS, DEFAULT_DATASET, dataset_options, make_datamodule
 from studies.data.base import EpochShuffleSampler, random_crop_flip, seeded_subset
+from studies.data.cifar import CIFAR10DataModule, CIFAR100DataModule
 from studies.data.fashion_mnist import DEFAULT_ROOT, read_idx
 from studies.data.global_marks import CANVAS, TILE, alphabet, generate
 
@@ -151,7 +153,13 @@ def _cifar_batch(n: int, label_key: bytes, num_classes: int, offset: int) -> dic
             label_key: [int(v) for v in (np.arange(n) + offset) % num_classes]}
 
 
-def test_cifar10_pickles(tmp_path):
+def _trust(monkeypatch, module, folder: Path) -> None:
+    """Make the small test pickles in `folder` the published ones (their MD5 sums become the expected sums)."""
+    sums = {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in folder.iterdir() if p.is_file()}
+    monkeypatch.setattr(module, "expected_md5", lambda self: sums)
+
+
+def test_cifar10_pickles(tmp_path, monkeypatch):
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
     batches = {f"data_batch_{i}": _cifar_batch(4, b"labels", 10, i) for i in range(1, 6)}
@@ -159,6 +167,7 @@ def test_cifar10_pickles(tmp_path):
     for name, batch in batches.items():
         with open(folder / name, "wb") as f:
             pickle.dump(batch, f)
+    _trust(monkeypatch, CIFAR10DataModule, folder)
     dm = make_datamodule("cifar10", root=tmp_path, batch_size=4)
     assert (dm.num_classes, dm.in_chans, dm.img_size) == (10, 3, 32)
     x, y = first_batch(dm)
@@ -171,7 +180,7 @@ def test_cifar10_pickles(tmp_path):
     assert make_datamodule("cifar10", root=folder).layout == "pickle"
 
 
-def test_cifar100_pickles_use_fine_labels(tmp_path):
+def test_cifar100_pickles_use_fine_labels(tmp_path, monkeypatch):
     folder = tmp_path / "cifar-100-python"
     folder.mkdir()
     for name, n in (("train", 8), ("test", 4)):
@@ -179,10 +188,42 @@ def test_cifar100_pickles_use_fine_labels(tmp_path):
         batch[b"coarse_labels"] = [0] * n
         with open(folder / name, "wb") as f:
             pickle.dump(batch, f)
+    _trust(monkeypatch, CIFAR100DataModule, folder)
     dm = make_datamodule("cifar100", root=tmp_path)
     dm.setup()
     assert dm.num_classes == 100
     assert dm.train_set.labels.tolist() == [(37 + i) % 100 for i in range(8)]
+
+
+class _RunsCode:
+    """Unpickling this creates the file `marker`: what a tampered dataset file could do instead."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_cifar_tampered_pickle_is_refused_before_unpickling(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    marker = tmp_path / "code-ran"
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = _cifar_batch(2, b"labels", 10, 0)
+        batch[b"extra"] = _RunsCode(marker)
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f)
+    dm = make_datamodule("cifar10", root=tmp_path)  # finding the files reads nothing
+    with pytest.raises(HybridlabError) as err:
+        dm.setup()
+    message = str(err.value)
+    assert not marker.exists()  # the pickle never ran
+    assert "\n" not in message and str(folder / "data_batch_1") in message and "checksum" in message
+    with pytest.raises(HybridlabError, match="checksum"):
+        dm.check()  # --check and the pre-flight find it too
+    assert not marker.exists()
+    assert CIFAR10DataModule(root=tmp_path).expected_md5()["test_batch"] == "40351d587109b95175f43aff81a1287e"
 
 
 def test_cifar10_imagefolder_layout(tmp_path):
