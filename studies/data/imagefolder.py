@@ -17,6 +17,7 @@ from torchvision.datasets import ImageFolder
 
 from hybridlab.errors import ConfigError, HybridlabError
 from studies.data.base import EpochShuffleSampler, check_float, check_int, check_path, seeded_subset, set_loader_options
+from studies.data.scan import DEFAULT_DECODE_LIMIT, scan_image_folder
 
 
 def _class_dirs(folder: Path) -> list[str]:
@@ -35,7 +36,8 @@ class ImageFolderDataModule(L.LightningDataModule):
     Options: `root` (required), `img_size` (default 224), `batch_size`, `num_workers`, `seed`, `train_subset`,
     `val_subset`, `crop_pct` (eval resize = img_size / crop_pct, default 0.875), `auto_augment` (timm string, e.g.
     "rand-m9-mstd0.5-inc1"), `color_jitter` (0.4), `hflip` (0.5), `re_prob` (random erasing, 0), `interpolation`
-    ("bilinear"), `mean` / `std` (ImageNet), `drop_last` (true), `val_batch_size`.
+    ("bilinear"), `mean` / `std` (ImageNet), `drop_last` (true), `val_batch_size`, `check_decode` (images fully
+    decoded by the pre-flight `check()`, evenly spread; null = all; every file's header and ending are checked).
     """
 
     name = "imagefolder"
@@ -45,7 +47,8 @@ class ImageFolderDataModule(L.LightningDataModule):
                  crop_pct: float = 0.875, auto_augment: str | None = None, color_jitter: float = 0.4,
                  hflip: float = 0.5, re_prob: float = 0.0, interpolation: str = "bilinear",
                  mean: Sequence[float] = IMAGENET_DEFAULT_MEAN, std: Sequence[float] = IMAGENET_DEFAULT_STD,
-                 drop_last: bool = True, val_batch_size: int | None = None) -> None:
+                 drop_last: bool = True, val_batch_size: int | None = None,
+                 check_decode: int | None = DEFAULT_DECODE_LIMIT) -> None:
         super().__init__()
         if root is None:
             raise ConfigError("the imagefolder dataset needs a root folder with train/ and val/ (or test/)", "data.root")
@@ -54,6 +57,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.shuffle_seed: int | None
         set_loader_options(self, batch_size=batch_size, val_batch_size=val_batch_size, num_workers=num_workers,
                            seed=seed, train_subset=train_subset, val_subset=val_subset, drop_last=drop_last)
+        self.check_decode = check_int(check_decode, "check_decode", minimum=0, optional=True)
         self.crop_pct = check_float(crop_pct, "crop_pct", minimum=0.05, maximum=1.0)
         if auto_augment is not None and not isinstance(auto_augment, str):
             raise ConfigError(f"must be a timm auto-augment string or null, got {auto_augment!r}", "data.auto_augment")
@@ -92,12 +96,20 @@ class ImageFolderDataModule(L.LightningDataModule):
                                 interpolation="bilinear" if self.interpolation == "random" else self.interpolation,
                                 mean=self.mean, std=self.std)
 
+    def check(self) -> None:
+        """Pre-flight scan of train and val: empty class folders and unreadable images, named in one line."""
+        for folder in (self.train_dir, self.val_dir):
+            scan_image_folder(folder, decode_limit=self.check_decode)
+
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
         index = {c: i for i, c in enumerate(self.classes)}
-        train = ImageFolder(str(self.train_dir), transform=self.transforms(True))
-        val = ImageFolder(str(self.val_dir), transform=self.transforms(False))
+        try:
+            train = ImageFolder(str(self.train_dir), transform=self.transforms(True))
+            val = ImageFolder(str(self.val_dir), transform=self.transforms(False))
+        except FileNotFoundError as err:  # an empty class folder
+            raise HybridlabError(f"imagefolder: {' '.join(str(err).split())}") from None
         if len(train) == 0 or len(val) == 0:
             raise HybridlabError(f"imagefolder: no images in {self.train_dir if len(train) == 0 else self.val_dir}")
         # val may miss some classes: map its indices onto the train classes.
