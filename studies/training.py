@@ -1,25 +1,24 @@
-"""Training one candidate: a Lightning module around any timm-style classifier, a recipe, and a quiet trainer.
+"""Training one candidate: a quiet Lightning trainer, and `train_and_evaluate`, which trains and validates it.
 
     recipe = TrainRecipe.from_dict({"epochs": 5, "lr": 2e-3, "opt": "adamw"})
     result = train_and_evaluate(model, make_datamodule("global_marks"), recipe, "results/s/trials/3", seed=0)
     result["top1"], result["last_ckpt"]
 
-The learning rate follows a linear warm-up then a cosine decay to `min_lr`, stepped every optimizer step (torch
-LambdaLR, interval "step"), so short fidelity runs still see the whole schedule. Checkpoints (`last.ckpt`,
-`best.ckpt`) go straight into `root_dir`, so a killed trial resumes with `resume_from="last"`.
+The jobs live in their own modules: the recipe (`studies.recipe`), the Lightning module with its optimizer and
+schedule (`studies.lightning_module`) and the checkpoints (`studies.checkpoints`); their public names are
+importable from here too. The learning rate follows a linear warm-up then a cosine decay to `min_lr`, stepped
+every optimizer step, so short fidelity runs still see the whole schedule. Checkpoints (`last.ckpt`,
+`best.ckpt`) go straight into `root_dir`, written atomically, so a killed trial resumes with `resume_from="last"`.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import logging
-import math
 import os
 import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -27,276 +26,27 @@ from typing import Any, Literal
 import lightning as L
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger
-from timm.data import Mixup
-from timm.loss import SoftTargetCrossEntropy
-from timm.optim import create_optimizer_v2, list_optimizers
-from timm.utils import ModelEmaV3
 
-from hybridlab.errors import ConfigError, HybridlabError
 from studies.checkpoints import (
     BEST_NAME,
     LAST_CKPT,
     AtomicCheckpointIO,
+    DiskFullError,
     disk_full_error,
     is_disk_full,
     remove_stale_temporaries,
     resume_candidates,
     usable_checkpoint,
 )
+from studies.lightning_module import ClassificationModule, NonFiniteLossError, WarmupCosine, param_groups
+from studies.recipe import PRECISIONS, TrainRecipe
 
-PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true")
-
-
-class NonFiniteLossError(HybridlabError):
-    """The training loss became NaN or inf: the trial stops (lower lr, clip gradients or use fp32)."""
-
-
-# -- recipe ---------------------------------------------------------------------------------------------------------------
-
-_INT = {"epochs": 1, "batch_size": 1, "accumulate_grad_batches": 1, "val_every_n_epochs": 1}
-_FLOAT = {  # name: (minimum, maximum, minimum is exclusive)
-    "lr": (0.0, None, True), "weight_decay": (0.0, None, False), "momentum": (0.0, 1.0, False),
-    "warmup_epochs": (0.0, None, False), "min_lr": (0.0, None, False), "label_smoothing": (0.0, 0.999, False),
-    "mixup": (0.0, None, False), "cutmix": (0.0, None, False), "mixup_prob": (0.0, 1.0, False),
-    "mixup_switch_prob": (0.0, 1.0, False), "clip_grad": (0.0, None, True), "ema_decay": (0.0, 0.999999, True),
-}
-_OPTIONAL = {"batch_size", "clip_grad", "limit_train_batches", "limit_val_batches"}
-
-
-@dataclass(frozen=True)
-class TrainRecipe:
-    """How one candidate is trained. `batch_size` None keeps the data module's; `warmup_epochs` may be fractional
-    (it is clipped to the run length); `mixup`/`cutmix` are the Beta alphas (0 = off); `clip_grad` is a max
-    gradient norm; `ema` validates with EMA weights; `limit_*_batches` are fidelity knobs (int = batches,
-    float = fraction, as in Lightning)."""
-
-    epochs: int = 10
-    batch_size: int | None = None
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    opt: str = "adamw"
-    momentum: float = 0.9
-    warmup_epochs: float = 1.0
-    min_lr: float = 1e-5
-    label_smoothing: float = 0.1
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    mixup_prob: float = 1.0
-    mixup_switch_prob: float = 0.5
-    clip_grad: float | None = None
-    ema: bool = False
-    ema_decay: float = 0.9998
-    ema_warmup: bool = True
-    precision: str = "32-true"
-    accumulate_grad_batches: int = 1
-    limit_train_batches: int | float | None = None
-    limit_val_batches: int | float | None = None
-    val_every_n_epochs: int = 1
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            object.__setattr__(self, f.name, _check_setting(f.name, getattr(self, f.name), "train"))
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None, where: str = "train") -> TrainRecipe:
-        """Build from a study file's section; an unknown key or bad value raises ConfigError naming `where.key`."""
-        if data is None:
-            return cls()
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"must be a mapping of training settings, got {type(data).__name__}", where)
-        known = [f.name for f in fields(cls)]
-        values = {}
-        for key, value in data.items():
-            if key not in known:
-                raise ConfigError(f"unknown training setting {key!r} (known: {', '.join(known)})", f"{where}.{key}")
-            values[key] = _check_setting(key, value, where)
-        return cls(**values)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @property
-    def uses_mixup(self) -> bool:
-        return (self.mixup > 0 or self.cutmix > 0) and self.mixup_prob > 0
-
-
-def _check_setting(name: str, value: Any, where: str) -> Any:
-    key = f"{where}.{name}"
-    if value is None and name in _OPTIONAL:
-        return None
-    if name in _INT:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"must be an integer, got {value!r}", key)
-        if value < _INT[name]:
-            raise ConfigError(f"must be >= {_INT[name]}, got {value}", key)
-        return value
-    if name in _FLOAT:
-        lo, hi, exclusive = _FLOAT[name]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ConfigError(f"must be a finite number, got {value!r}", key)
-        if value < lo or (exclusive and value == lo):
-            raise ConfigError(f"must be {'>' if exclusive else '>='} {lo}, got {value}", key)
-        if hi is not None and value > hi:
-            raise ConfigError(f"must be <= {hi}, got {value}", key)
-        return float(value)
-    if name in ("ema", "ema_warmup"):
-        if not isinstance(value, bool):
-            raise ConfigError(f"must be true or false, got {value!r}", key)
-        return value
-    if name == "opt":
-        if not isinstance(value, str) or value.lower() not in list_optimizers():
-            raise ConfigError(f"unknown optimizer {value!r} (e.g. adamw, lamb, sgd; any timm optimizer name)", key)
-        return value.lower()
-    if name == "precision":
-        value = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
-        if value not in PRECISIONS:
-            raise ConfigError(f"must be one of {', '.join(PRECISIONS)}, got {value!r}", key)
-        return value
-    if name in ("limit_train_batches", "limit_val_batches"):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"must be a batch count or a fraction, got {value!r}", key)
-        if isinstance(value, int) and value < 0 or isinstance(value, float) and not 0.0 < value <= 1.0:
-            raise ConfigError(f"must be a count >= 0 or a fraction in (0, 1], got {value}", key)
-        return value
-    raise ConfigError(f"unknown training setting {name!r}", key)  # pragma: no cover - fields and checks agree
-
-
-# -- optimizer and schedule ------------------------------------------------------------------------------------------------
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Two groups: decayed weights, and biases / norms / other 1-D params / the model's `no_weight_decay()` names
-    (exact or wildcard) / names containing a `no_weight_decay_keywords()` entry, without weight decay."""
-    skip = set(getattr(model, "no_weight_decay", lambda: ())() or ())
-    keywords = tuple(getattr(model, "no_weight_decay_keywords", lambda: ())() or ())
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        if (param.ndim <= 1 or name.endswith(".bias") or name in skip
-                or any(fnmatch.fnmatch(name, pattern) for pattern in skip) or any(k in name for k in keywords)):
-            no_decay.append(param)
-        else:
-            decay.append(param)
-    groups = []
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    if decay:
-        groups.append({"params": decay, "weight_decay": weight_decay})
-    return groups
-
-
-class WarmupCosine:
-    """LR factor per optimizer step: linear warm-up to 1 over `warmup` steps, then cosine down to `floor`."""
-
-    def __init__(self, total: int, warmup: int, floor: float) -> None:
-        self.total, self.warmup, self.floor = max(1, total), min(max(0, warmup), max(1, total)), floor
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup:
-            return (step + 1) / (self.warmup + 1)
-        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
-        return self.floor + (1.0 - self.floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-# -- Lightning module -----------------------------------------------------------------------------------------------------
-
-
-class ClassificationModule(L.LightningModule):
-    """Trains `model` (any nn.Module mapping (B, C, H, W) to logits) with `recipe`.
-
-    Logs `train/loss` (epoch mean), `train/lr`, and per validation epoch `val/loss`, `val/top1`, `val/top5`
-    (percent; top-5 becomes top-k for fewer than 5 classes). With `recipe.ema` the EMA weights are validated.
-    """
-
-    def __init__(self, model: nn.Module, recipe: TrainRecipe | None = None, num_classes: int | None = None) -> None:
-        super().__init__()
-        self.model = model
-        self.recipe = recipe or TrainRecipe()
-        self.num_classes = num_classes or getattr(model, "num_classes", None)
-        r = self.recipe
-        self.mixup: Mixup | None = None
-        if r.uses_mixup:
-            if not self.num_classes:
-                raise ConfigError("mixup/cutmix need the number of classes (pass num_classes)", "train.mixup")
-            self.mixup = Mixup(mixup_alpha=r.mixup, cutmix_alpha=r.cutmix, prob=r.mixup_prob,
-                               switch_prob=r.mixup_switch_prob, label_smoothing=r.label_smoothing,
-                               num_classes=self.num_classes)
-            self.train_criterion: nn.Module = SoftTargetCrossEntropy()
-        else:
-            self.train_criterion = nn.CrossEntropyLoss(label_smoothing=r.label_smoothing)
-        self.model_ema: ModelEmaV3 | None = None
-        if r.ema:
-            self.model_ema = ModelEmaV3(model, decay=r.ema_decay, use_warmup=r.ema_warmup)
-            self.model_ema.requires_grad_(False)
-        self._ema_step = -1
-        self.save_hyperparameters({"recipe": r.to_dict(), "num_classes": self.num_classes})
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
-
-    @property
-    def eval_model(self) -> nn.Module:
-        """The weights that are validated: the EMA copy when on, else the trained model."""
-        return self.model_ema.module if self.model_ema is not None else self.model
-
-    def on_train_epoch_start(self) -> None:
-        # A model handed over in eval mode (e.g. after a speed measurement) must still train; the EMA copy never does.
-        self.model.train()
-        if self.model_ema is not None:
-            self.model_ema.module.eval()
-
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
-        x, y = batch[0], batch[1]
-        if self.mixup is not None:
-            if len(x) % 2:  # timm's Mixup needs an even batch
-                x, y = x[:-1], y[:-1]
-            if len(x) == 0:
-                return None  # Lightning skips the optimizer step
-            x, target = self.mixup(x, y)
-        else:
-            target = y
-        loss = self.train_criterion(self.model(x), target)
-        if not torch.isfinite(loss.detach()).item():
-            raise NonFiniteLossError(
-                f"training loss is {loss.detach().float().item()} at epoch {self.current_epoch} step "
-                f"{self.global_step} (batch {batch_idx}); lower the lr, set clip_grad or use precision 32-true")
-        self.log("train/loss", loss.detach(), on_step=False, on_epoch=True, batch_size=len(x),
-                 sync_dist=self.trainer.world_size > 1)
-        return loss
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self.log("train/lr", self.trainer.optimizers[0].param_groups[-1]["lr"], on_step=True, on_epoch=False,
-                 batch_size=1)
-        if self.model_ema is not None and self.global_step != self._ema_step:  # once per optimizer step
-            self._ema_step = self.global_step
-            self.model_ema.update(self.model, step=self.global_step)
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        x, y = batch[0], batch[1]
-        logits = self.eval_model(x).float()
-        loss = F.cross_entropy(logits, y)
-        k = min(5, logits.shape[1])
-        hits = logits.topk(k, dim=1).indices.eq(y[:, None])
-        top1 = hits[:, 0].float().mean() * 100.0
-        top5 = hits.any(dim=1).float().mean() * 100.0
-        sync = self.trainer.world_size > 1
-        self.log("val/loss", loss, on_epoch=True, batch_size=len(y), sync_dist=sync)
-        self.log("val/top1", top1, on_epoch=True, batch_size=len(y), sync_dist=sync, prog_bar=True)
-        self.log("val/top5", top5, on_epoch=True, batch_size=len(y), sync_dist=sync)
-
-    def configure_optimizers(self) -> Any:
-        r = self.recipe
-        optimizer = create_optimizer_v2(param_groups(self.model, r.weight_decay), opt=r.opt, lr=r.lr,
-                                        weight_decay=r.weight_decay, momentum=r.momentum)
-        total = int(self.trainer.estimated_stepping_batches)
-        per_epoch = total / max(1, self.trainer.max_epochs or 1)
-        schedule = WarmupCosine(total, int(round(r.warmup_epochs * per_epoch)), r.min_lr / r.lr)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+__all__ = [
+    "BEST_NAME", "LAST_CKPT", "PRECISIONS", "ClassificationModule", "DiskFullError", "NonFiniteLossError",
+    "TrainRecipe", "WarmupCosine", "make_trainer", "param_groups", "train_and_evaluate",
+]
 
 
 # -- trainer -----------------------------------------------------------------------------------------------------------------

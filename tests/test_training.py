@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import math
 
 import lightning as L
@@ -99,6 +100,52 @@ def test_param_groups_skip_bias_norm_and_no_weight_decay():
     decayed = {names[id(p)] for g in groups if g["weight_decay"] > 0 for p in g["params"]}
     assert decayed == {"conv.weight"}  # pos: no_weight_decay(), head.weight: keyword, the rest 1-D
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+
+def reference_groups(model: nn.Module, weight_decay: float) -> list[tuple[str, ...]]:
+    """The grouping rule the harness has always used, written out by hand: no decay for 1-D params, biases,
+    `no_weight_decay()` names (exact or wildcard) and names containing a `no_weight_decay_keywords()` entry."""
+    skip = set(getattr(model, "no_weight_decay", lambda: ())() or ())
+    keywords = tuple(getattr(model, "no_weight_decay_keywords", lambda: ())() or ())
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if (p.ndim <= 1 or name.endswith(".bias") or any(fnmatch.fnmatch(name, s) for s in skip)
+                or any(k in name for k in keywords)):
+            no_decay.append(name)
+        else:
+            decay.append(name)
+    return [tuple(no_decay), tuple(decay)]
+
+
+def named_groups(model: nn.Module, groups: list[dict]) -> list[tuple[tuple[str, ...], float]]:
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [(tuple(names[id(p)] for p in g["params"]), g["weight_decay"]) for g in groups]
+
+
+def test_optimizer_groups_from_timm_match_the_harness_rule():
+    from blocks import ModelSpec
+
+    hybrid = ModelSpec.create("C | M A", dim=16, in_dim=8, num_heads=[1, 2], window_size=[4, 4],
+                              num_classes=3).build()
+    hybrid.no_weight_decay = lambda: {"levels.1.blocks.*.mixer.A_log", "head.weight"}  # wildcard, as timm uses
+    tiny = TinyNet()
+    tiny.no_weight_decay_keywords = lambda: ("head.weight",)
+    frozen = TinyNet()
+    frozen.conv.weight.requires_grad_(False)
+    for model in (hybrid, tiny, frozen):
+        expected = reference_groups(model, 0.05)
+        module = ClassificationModule(model, TrainRecipe(weight_decay=0.05, opt="adamw"))
+        module.trainer = type("T", (), {"estimated_stepping_batches": 10, "max_epochs": 1})()
+        optimizer = module.configure_optimizers()["optimizer"]
+        got = named_groups(model, optimizer.param_groups)
+        assert got == [(expected[0], 0.0), (expected[1], 0.05)], model.__class__.__name__
+        assert named_groups(model, param_groups(model, 0.05)) == got
+        assert all(g["initial_lr"] == pytest.approx(module.recipe.lr) for g in optimizer.param_groups)
+    assert {"levels.1.blocks.0.mixer.A_log", "head.weight"} <= set(reference_groups(hybrid, 0.05)[0])
+    # weight decay 0: one group without decay (the optimizer's arithmetic is the same as two groups at 0)
+    assert [wd for _, wd in named_groups(tiny, param_groups(tiny, 0.0))] == [0.0]
 
 
 def test_warmup_cosine_schedule():
@@ -222,7 +269,8 @@ def test_module_needs_classes_for_mixup_and_uses_ema_for_eval():
     module = ClassificationModule(TinyNet(), TrainRecipe(ema=True))
     assert module.eval_model is module.model_ema.module
     assert not any(p.requires_grad for p in module.model_ema.parameters())
-    assert ClassificationModule(TinyNet(), TrainRecipe()).eval_model is not None
+    plain = ClassificationModule(TinyNet(), TrainRecipe())
+    assert plain.model_ema is None and plain.eval_model is plain.model
 
 
 def test_lr_follows_warmup_and_cosine(tmp_path):

@@ -16,7 +16,7 @@ from typing import Any
 import lightning as L
 
 from hybridlab.errors import ConfigError, HybridlabError
-from studies.data.base import InMemoryDataModule
+from studies.data.base import InMemoryDataModule, SeededDataModule
 from studies.data.cifar import CIFAR10DataModule, CIFAR100DataModule
 from studies.data.fashion_mnist import FashionMNISTDataModule
 from studies.data.global_marks import GlobalMarksDataModule
@@ -43,7 +43,7 @@ def dataset_options(name: str) -> list[str]:
     cls = _lookup(name)
     names: list[str] = []
     for klass in cls.__mro__:
-        if klass in (InMemoryDataModule, L.LightningDataModule, object) or "__init__" not in vars(klass):
+        if klass in (InMemoryDataModule, SeededDataModule, L.LightningDataModule, object) or "__init__" not in vars(klass):
             continue
         for p in inspect.signature(klass.__init__).parameters.values():
             if p.name != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD):

@@ -10,13 +10,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
 from torchvision.datasets import ImageFolder
 
 from hybridlab.errors import ConfigError, HybridlabError
-from studies.data.base import EpochShuffleSampler, check_float, check_int, check_path, seeded_subset, set_loader_options
+from studies.data.base import SeededDataModule, check_float, check_int, check_path
 from studies.data.scan import DEFAULT_DECODE_LIMIT, scan_image_folder
 
 
@@ -30,7 +29,7 @@ def _triple(value: Any, key: str) -> tuple[float, float, float]:
     return tuple(check_float(v, key) for v in value)  # type: ignore[return-value]
 
 
-class ImageFolderDataModule(L.LightningDataModule):
+class ImageFolderDataModule(SeededDataModule):
     """An ImageNet-style folder dataset with timm augmentation.
 
     Options: `root` (required), `img_size` (default 224), `batch_size`, `num_workers`, `seed`, `train_subset`,
@@ -49,14 +48,12 @@ class ImageFolderDataModule(L.LightningDataModule):
                  mean: Sequence[float] = IMAGENET_DEFAULT_MEAN, std: Sequence[float] = IMAGENET_DEFAULT_STD,
                  drop_last: bool = True, val_batch_size: int | None = None,
                  check_decode: int | None = DEFAULT_DECODE_LIMIT) -> None:
-        super().__init__()
+        super().__init__(batch_size=batch_size, val_batch_size=val_batch_size, num_workers=num_workers, seed=seed,
+                         train_subset=train_subset, val_subset=val_subset, drop_last=drop_last)
         if root is None:
             raise ConfigError("the imagefolder dataset needs a root folder with train/ and val/ (or test/)", "data.root")
         self.root = check_path(root, "root")
         self.img_size = check_int(img_size, "img_size", minimum=4, maximum=4096, optional=True) or 224
-        self.shuffle_seed: int | None
-        set_loader_options(self, batch_size=batch_size, val_batch_size=val_batch_size, num_workers=num_workers,
-                           seed=seed, train_subset=train_subset, val_subset=val_subset, drop_last=drop_last)
         self.check_decode = check_int(check_decode, "check_decode", minimum=0, optional=True)
         self.crop_pct = check_float(crop_pct, "crop_pct", minimum=0.05, maximum=1.0)
         if auto_augment is not None and not isinstance(auto_augment, str):
@@ -83,8 +80,6 @@ class ImageFolderDataModule(L.LightningDataModule):
         if extra:
             raise HybridlabError(f"imagefolder: class folder {extra[0]!r} in {self.val_dir} is not in {self.train_dir}")
         self.num_classes = len(self.classes)
-        self.train_set: Any = None
-        self.val_set: Any = None
 
     def transforms(self, training: bool) -> Any:
         """timm's transform pipeline (RandomResizedCrop + flip + jitter [+ auto-augment, erasing] / resize + center crop)."""
@@ -116,32 +111,14 @@ class ImageFolderDataModule(L.LightningDataModule):
         val.samples = [(p, index[val.classes[t]]) for p, t in val.samples]
         val.targets = [t for _, t in val.samples]
         val.class_to_idx, val.classes = dict(index), list(self.classes)
-        keep = seeded_subset(len(train), self.train_subset, self.seed)
-        self.train_set = Subset(train, keep.tolist()) if keep is not None else train
-        keep = seeded_subset(len(val), self.val_subset, self.seed + 1)
-        self.val_set = Subset(val, keep.tolist()) if keep is not None else val
-
-    def train_dataloader(self) -> DataLoader:
-        self.setup("fit")
-        n = len(self.train_set)
-        shuffle_seed = self.seed if self.shuffle_seed is None else self.shuffle_seed
-        return DataLoader(self.train_set, batch_size=self.batch_size, sampler=EpochShuffleSampler(n, shuffle_seed),
-                          drop_last=self.drop_last and n >= self.batch_size, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
-
-    def val_dataloader(self) -> DataLoader:
-        self.setup("validate")
-        return DataLoader(self.val_set, batch_size=self.val_batch_size or self.batch_size, shuffle=False,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        keep_train, keep_val = self.subset_indices(len(train), len(val))
+        self.train_set = Subset(train, keep_train.tolist()) if keep_train is not None else train
+        self.val_set = Subset(val, keep_val.tolist()) if keep_val is not None else val
 
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.name, "root": str(self.root), "num_classes": self.num_classes, "in_chans": self.in_chans,
-            "img_size": self.img_size, "num_train": len(self.train_set) if self.train_set is not None else None,
-            "num_val": len(self.val_set) if self.val_set is not None else None,
-            "train_subset": self.train_subset, "val_subset": self.val_subset, "seed": self.seed,
-            "shuffle_seed": self.shuffle_seed,
-            "batch_size": self.batch_size, "crop_pct": self.crop_pct, "auto_augment": self.auto_augment,
+            "img_size": self.img_size, **self.loader_description(), "crop_pct": self.crop_pct, "auto_augment": self.auto_augment,
             "color_jitter": self.color_jitter, "hflip": self.hflip, "re_prob": self.re_prob,
             "interpolation": self.interpolation, "mean": list(self.mean), "std": list(self.std),
             "val_dir": self.val_dir.name,
