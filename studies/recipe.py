@@ -18,14 +18,15 @@ from hybridlab.errors import ConfigError
 
 PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true")
 
-_INT = {"epochs": 1, "batch_size": 1, "accumulate_grad_batches": 1, "val_every_n_epochs": 1}
+_INT = {"epochs": 1, "batch_size": 1, "accumulate_grad_batches": 1, "val_every_n_epochs": 1, "threads": 1}
+_INT_MAX = {"threads": 4096}
 _FLOAT = {  # name: (minimum, maximum, minimum is exclusive)
     "lr": (0.0, None, True), "weight_decay": (0.0, None, False), "momentum": (0.0, 1.0, False),
     "warmup_epochs": (0.0, None, False), "min_lr": (0.0, None, False), "label_smoothing": (0.0, 0.999, False),
     "mixup": (0.0, None, False), "cutmix": (0.0, None, False), "mixup_prob": (0.0, 1.0, False),
     "mixup_switch_prob": (0.0, 1.0, False), "clip_grad": (0.0, None, True), "ema_decay": (0.0, 0.999999, True),
 }
-_OPTIONAL = {"batch_size", "clip_grad", "limit_train_batches", "limit_val_batches"}
+_OPTIONAL = {"batch_size", "clip_grad", "limit_train_batches", "limit_val_batches", "threads"}
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,8 @@ class TrainRecipe:
     """How one candidate is trained. `batch_size` None keeps the data module's; `warmup_epochs` may be fractional
     (it is clipped to the run length); `mixup`/`cutmix` are the Beta alphas (0 = off); `clip_grad` is a max
     gradient norm; `ema` validates with EMA weights; `limit_*_batches` are fidelity knobs (int = batches,
-    float = fraction, as in Lightning)."""
+    float = fraction, as in Lightning); `threads` is torch's intra-op thread count while training (None leaves
+    torch's default; fewer threads than cores avoids OpenMP spin-waits when other processes share the CPU)."""
 
     epochs: int = 10
     batch_size: int | None = None
@@ -57,6 +59,7 @@ class TrainRecipe:
     limit_train_batches: int | float | None = None
     limit_val_batches: int | float | None = None
     val_every_n_epochs: int = 1
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -94,6 +97,8 @@ def _check_setting(name: str, value: Any, where: str) -> Any:
             raise ConfigError(f"must be an integer, got {value!r}", key)
         if value < _INT[name]:
             raise ConfigError(f"must be >= {_INT[name]}, got {value}", key)
+        if name in _INT_MAX and value > _INT_MAX[name]:
+            raise ConfigError(f"must be <= {_INT_MAX[name]}, got {value}", key)
         return value
     if name in _FLOAT:
         lo, hi, exclusive = _FLOAT[name]

@@ -13,12 +13,13 @@ every optimizer step, so short fidelity runs still see the whole schedule. Check
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -132,6 +133,20 @@ def _device_count(devices: int | str | Sequence[int]) -> int:
     return int(devices)
 
 
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[int]:
+    """Run the block with torch's intra-op thread count at `threads` (None: unchanged); yields the count in
+    force and restores the previous one afterwards, so a trial's setting does not leak into measurements."""
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        if threads is not None:
+            torch.set_num_threads(previous)
+
+
 def _echo_stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
@@ -151,7 +166,8 @@ def train_and_evaluate(model: nn.Module, datamodule: L.LightningDataModule, reci
     """Train `model` on `datamodule` and validate it; returns the final validation metrics and where things went.
 
     Keys: top1, top5, val_loss (last validation), best_top1, epochs (completed), global_step, train_time_s (this
-    call: fit + final validation), best_ckpt, last_ckpt, resumed_from, resume_note, stopped_by_time.
+    call: fit + final validation), train_threads (torch's thread count while training: `recipe.threads` or the
+    default), best_ckpt, last_ckpt, resumed_from, resume_note, stopped_by_time.
     `logger=True` writes CSV metrics under root_dir/logs/version_<n>/. `resume_from` is a checkpoint path or
     "last"; an unusable checkpoint falls back to an older one beside it or to a fresh start, and the one-line
     `resume_note` saying so also goes to `echo` (default: stderr). A full disk raises DiskFullError. `seed` seeds
@@ -175,7 +191,7 @@ def train_and_evaluate(model: nn.Module, datamodule: L.LightningDataModule, reci
     L.seed_everything(seed, workers=True, verbose=False)
     module = ClassificationModule(model, recipe, num_classes=getattr(datamodule, "num_classes", None))
     start = time.perf_counter()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), torch_threads(recipe.threads) as threads:
         for pattern in _NOISY_WARNINGS:
             warnings.filterwarnings("ignore", message=pattern)
         # Several devices: ddp_spawn, so this process keeps the trial (its sampled parameters and the built model
@@ -206,6 +222,7 @@ def train_and_evaluate(model: nn.Module, datamodule: L.LightningDataModule, reci
         "best_top1": float(best_score) if best_score is not None else _metric(metrics, "val/top1"),
         **_progress(trainer, last, strategy),
         "train_time_s": elapsed,
+        "train_threads": threads,
         "best_ckpt": (ckpt_cb.best_model_path or None) if ckpt_cb is not None else None,
         "last_ckpt": str(last) if last.is_file() else None,
         "resumed_from": ckpt_path,

@@ -72,7 +72,8 @@ def chance_accuracy(model: nn.Module, dm) -> float:
 def test_recipe_from_dict_validates_and_names_the_key():
     r = TrainRecipe.from_dict({"epochs": 3, "lr": 1, "opt": "LAMB", "precision": 32, "clip_grad": 1.0})
     assert (r.epochs, r.lr, r.opt, r.precision, r.clip_grad) == (3, 1.0, "lamb", "32", 1.0)
-    assert TrainRecipe.from_dict(None) == TrainRecipe()
+    assert TrainRecipe.from_dict(None) == TrainRecipe() and TrainRecipe().threads is None
+    assert TrainRecipe.from_dict({"threads": 1}).threads == 1 and TrainRecipe.from_dict({"threads": None}).threads is None
     assert TrainRecipe.from_dict(r.to_dict()) == r
     cases = [({"epoch": 3}, "train.epoch: unknown training setting 'epoch'"),
              ({"lr": -1e-3}, "train.lr: must be > 0.0"),
@@ -82,7 +83,10 @@ def test_recipe_from_dict_validates_and_names_the_key():
              ({"precision": "fp8"}, "train.precision: must be one of"),
              ({"ema": "yes"}, "train.ema: must be true or false"),
              ({"label_smoothing": 1.5}, "train.label_smoothing: must be <="),
-             ({"limit_train_batches": 1.5}, "train.limit_train_batches: must be a count")]
+             ({"limit_train_batches": 1.5}, "train.limit_train_batches: must be a count"),
+             ({"threads": 0}, "train.threads: must be >= 1"),
+             ({"threads": 2.5}, "train.threads: must be an integer"),
+             ({"threads": 10**6}, "train.threads: must be <= 4096")]
     for data, message in cases:
         with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("'", "'")):
             TrainRecipe.from_dict(data)
@@ -174,6 +178,22 @@ def test_training_improves_accuracy_and_writes_checkpoints(tmp_path):
     assert result["last_ckpt"].endswith("last.ckpt") and result["best_ckpt"].endswith("best.ckpt")
     assert (tmp_path / "run" / "logs" / "version_0" / "metrics.csv").is_file()
     assert result["train_time_s"] > 0 and result["resumed_from"] is None and result["stopped_by_time"] is False
+    assert result["train_threads"] == torch.get_num_threads()  # threads unset: torch's own default is kept
+
+
+def test_threads_apply_while_training_and_are_restored(tmp_path):
+    seen: list[int] = []
+
+    class ThreadProbe(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            seen.append(torch.get_num_threads())
+
+    before = torch.get_num_threads()
+    target = 1 if before > 1 else 2
+    result = train_and_evaluate(tiny_model(), tiny_data(), dict(FAST, epochs=1, threads=target), tmp_path / "a",
+                                seed=0, logger=False, callbacks=[ThreadProbe()])
+    assert set(seen) == {target} and result["train_threads"] == target
+    assert torch.get_num_threads() == before  # restored for whatever runs next (e.g. a speed measurement)
 
 
 def test_identical_seeded_runs_are_identical(tmp_path):
