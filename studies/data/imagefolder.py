@@ -1,13 +1,18 @@
 """ImageNet-layout folders (`root/train/<class>/*.jpg`, `root/val/<class>/` or `root/test/<class>/`), e.g. Imagenette.
 
-Images are decoded per sample with timm's train/eval transforms (`timm.data.create_transform`) at `img_size`,
-so `num_workers` > 0 is the usual setting. Class indices follow the sorted train class folders.
+Images go through timm's train/eval transforms (`timm.data.create_transform`) at `img_size`, which defaults to
+the images' own size (median shorter side, at most 224; one note line when they get resized). They are decoded
+per sample, so `num_workers` > 0 is the usual setting, or, with `cache: true`, decoded once per run into memory.
+Class indices follow the sorted train class folders.
 """
 
 from __future__ import annotations
 
+import math
+import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
@@ -15,12 +20,23 @@ from torch.utils.data import Subset
 from torchvision.datasets import ImageFolder
 
 from hybridlab.errors import ConfigError, HybridlabError
-from studies.data.base import SeededDataModule, check_float, check_int, check_path
+from studies.data.base import SeededDataModule, check_bool, check_float, check_int, check_path
+from studies.data.imagecache import DecodedImages, native_size, probe_sizes, size_note
 from studies.data.scan import DEFAULT_DECODE_LIMIT, scan_image_folder
 
 
 def _class_dirs(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _pair(value: Any, key: str, upper: float | None = None) -> tuple[float, float]:
+    """A (low, high) range of positive numbers, low <= high (<= upper when given)."""
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise ConfigError(f"must be a list of 2 numbers [low, high], got {value!r}", f"data.{key}")
+    low, high = (check_float(v, key, maximum=upper) for v in value)
+    if not 0 < low <= high:
+        raise ConfigError(f"must be 0 < low <= high, got {list(value)!r}", f"data.{key}")
+    return low, high
 
 
 def _triple(value: Any, key: str) -> tuple[float, float, float]:
@@ -32,8 +48,11 @@ def _triple(value: Any, key: str) -> tuple[float, float, float]:
 class ImageFolderDataModule(SeededDataModule):
     """An ImageNet-style folder dataset with timm augmentation.
 
-    Options: `root` (required), `img_size` (default 224), `batch_size`, `num_workers`, `seed`, `train_subset`,
-    `val_subset`, `crop_pct` (eval resize = img_size / crop_pct, default 0.875), `auto_augment` (timm string, e.g.
+    Options: `root` (required), `img_size` (default: the images' median shorter side, at most 224), `batch_size`,
+    `num_workers`, `seed`, `train_subset`, `val_subset`, `crop_pct` (eval resize = img_size / crop_pct, default
+    0.875), `scale` / `ratio` (RandomResizedCrop area fraction and aspect range, default [0.08, 1] and
+    [3/4, 4/3]), `cache` (decode every image once into memory, shrunk to the eval resize; default false),
+    `auto_augment` (timm string, e.g.
     "rand-m9-mstd0.5-inc1"), `color_jitter` (0.4), `hflip` (0.5), `re_prob` (random erasing, 0), `interpolation`
     ("bilinear"), `mean` / `std` (ImageNet), `drop_last` (true), `val_batch_size`, `check_decode` (images fully
     decoded by the pre-flight `check()`, evenly spread; null = all; every file's header and ending are checked).
@@ -47,13 +66,17 @@ class ImageFolderDataModule(SeededDataModule):
                  hflip: float = 0.5, re_prob: float = 0.0, interpolation: str = "bilinear",
                  mean: Sequence[float] = IMAGENET_DEFAULT_MEAN, std: Sequence[float] = IMAGENET_DEFAULT_STD,
                  drop_last: bool = True, val_batch_size: int | None = None,
-                 check_decode: int | None = DEFAULT_DECODE_LIMIT) -> None:
+                 check_decode: int | None = DEFAULT_DECODE_LIMIT, scale: Sequence[float] = (0.08, 1.0),
+                 ratio: Sequence[float] = (3 / 4, 4 / 3), cache: bool = False) -> None:
         super().__init__(batch_size=batch_size, val_batch_size=val_batch_size, num_workers=num_workers, seed=seed,
                          train_subset=train_subset, val_subset=val_subset, drop_last=drop_last)
         if root is None:
             raise ConfigError("the imagefolder dataset needs a root folder with train/ and val/ (or test/)", "data.root")
         self.root = check_path(root, "root")
-        self.img_size = check_int(img_size, "img_size", minimum=4, maximum=4096, optional=True) or 224
+        self.img_size = check_int(img_size, "img_size", minimum=4, maximum=4096, optional=True)
+        self.scale = _pair(scale, "scale", upper=1.0)
+        self.ratio = _pair(ratio, "ratio")
+        self.cache = check_bool(cache, "cache")
         self.check_decode = check_int(check_decode, "check_decode", minimum=0, optional=True)
         self.crop_pct = check_float(crop_pct, "crop_pct", minimum=0.05, maximum=1.0)
         if auto_augment is not None and not isinstance(auto_augment, str):
@@ -80,11 +103,16 @@ class ImageFolderDataModule(SeededDataModule):
         if extra:
             raise HybridlabError(f"imagefolder: class folder {extra[0]!r} in {self.val_dir} is not in {self.train_dir}")
         self.num_classes = len(self.classes)
+        self.image_sizes = probe_sizes(self.train_dir)
+        if self.img_size is None:
+            self.img_size = native_size(self.image_sizes)
+        self.notes = [n for n in (size_note(self.train_dir, self.image_sizes, self.img_size),) if n]
 
     def transforms(self, training: bool) -> Any:
         """timm's transform pipeline (RandomResizedCrop + flip + jitter [+ auto-augment, erasing] / resize + center crop)."""
         if training:
-            return create_transform(self.img_size, is_training=True, hflip=self.hflip, color_jitter=self.color_jitter,
+            return create_transform(self.img_size, is_training=True, scale=self.scale, ratio=self.ratio,
+                                    hflip=self.hflip, color_jitter=self.color_jitter,
                                     auto_augment=self.auto_augment, re_prob=self.re_prob,
                                     interpolation=self.interpolation, mean=self.mean, std=self.std)
         return create_transform(self.img_size, is_training=False, crop_pct=self.crop_pct,
@@ -112,14 +140,41 @@ class ImageFolderDataModule(SeededDataModule):
         val.targets = [t for _, t in val.samples]
         val.class_to_idx, val.classes = dict(index), list(self.classes)
         keep_train, keep_val = self.subset_indices(len(train), len(val))
+        for note in self.notes:
+            print(note, file=sys.stderr, flush=True)
+        if self.cache:
+            max_side = math.floor(self.img_size / self.crop_pct)  # timm's eval resize
+            self.train_set = _decoded(train, keep_train, max_side)
+            self.val_set = _decoded(val, keep_val, max_side)
+            megabytes = (self.train_set.nbytes + self.val_set.nbytes) / 2**20
+            print(f"note: imagefolder cache holds {len(self.train_set) + len(self.val_set):,} decoded images "
+                  f"({megabytes:,.0f} MB, shorter side <= {max_side} px)", file=sys.stderr, flush=True)
+            return
         self.train_set = Subset(train, keep_train.tolist()) if keep_train is not None else train
         self.val_set = Subset(val, keep_val.tolist()) if keep_val is not None else val
 
     def describe(self) -> dict[str, Any]:
+        """Everything that fixes the data, for the study manifest (sizes are None before `setup`)."""
         return {
             "name": self.name, "root": str(self.root), "num_classes": self.num_classes, "in_chans": self.in_chans,
-            "img_size": self.img_size, **self.loader_description(), "crop_pct": self.crop_pct, "auto_augment": self.auto_augment,
+            "img_size": self.img_size, "image_sizes": _size_range(self.image_sizes),
+            **self.loader_description(), "scale": list(self.scale), "ratio": list(self.ratio), "cache": self.cache,
+            "crop_pct": self.crop_pct, "auto_augment": self.auto_augment,
             "color_jitter": self.color_jitter, "hflip": self.hflip, "re_prob": self.re_prob,
             "interpolation": self.interpolation, "mean": list(self.mean), "std": list(self.std),
             "val_dir": self.val_dir.name,
         }
+
+
+def _decoded(folder: ImageFolder, keep: Any, max_side: int) -> DecodedImages:
+    """The kept samples of `folder`, decoded once (its transform is applied per item, as before)."""
+    samples = folder.samples if keep is None else [folder.samples[i] for i in keep.tolist()]
+    return DecodedImages(SimpleNamespace(samples=samples), max_side, transform=folder.transform)
+
+
+def _size_range(sizes: list[tuple[int, int]]) -> list[str]:
+    """The smallest and largest probed image (by area) as "WxH" strings; one entry when all agree."""
+    if not sizes:
+        return []
+    ordered = sorted(set(sizes), key=lambda wh: (wh[0] * wh[1], wh))
+    return [f"{w}x{h}" for w, h in dict.fromkeys((ordered[0], ordered[-1]))]
