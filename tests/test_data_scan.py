@@ -97,3 +97,22 @@ def test_cifar_image_folder_layout_is_scanned(tmp_path):
     bad.write_bytes(bad.read_bytes()[:-30])
     with pytest.raises(HybridlabError, match=f"first: {bad}"):
         make_datamodule("cifar10", root=tmp_path).check()
+
+
+def test_clean_scan_is_remembered_until_a_file_changes(tmp_path):
+    import studies.data.scan as scan
+
+    make_folder(tmp_path)
+    first = scan_image_folder(tmp_path / "train")
+    assert scan_image_folder(tmp_path / "train") is first  # the same process does not scan twice
+    bad = tmp_path / "train" / "cat" / "9.jpg"
+    bad.write_bytes(b"junk")  # a new file: scanned again, and found
+    with pytest.raises(HybridlabError, match="9.jpg"):
+        scan_image_folder(tmp_path / "train")
+    bad.unlink()
+    assert scan_image_folder(tmp_path / "train") is first
+    cut = tmp_path / "train" / "dog" / "0.jpg"
+    cut.write_bytes(cut.read_bytes()[:200])  # changed in place (same name): scanned again, and found
+    with pytest.raises(HybridlabError, match="0.jpg"):
+        scan_image_folder(tmp_path / "train")
+    assert all(report.problems == [] for report in scan._PASSED.values())  # only clean scans are kept

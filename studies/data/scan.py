@@ -9,6 +9,7 @@ with the EOI marker, a PNG with IEND), which finds most truncated files without 
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,10 +71,26 @@ def _problem(path: Path, decode: bool) -> str | None:
     return None
 
 
+_PASSED: dict[str, ScanReport] = {}
+
+
+def _fingerprint(root: Path, classes: list[str], files: list[Path], decode_limit: int | None) -> str:
+    """What a clean scan depends on: the class folders and every file's name, size and modification time."""
+    digest = hashlib.sha256(f"{root.resolve()}|{decode_limit}|{classes}".encode())
+    for path in files:
+        stat = path.stat()
+        digest.update(f"|{path}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
 def scan_image_folder(folder: str | Path, decode_limit: int | None = DEFAULT_DECODE_LIMIT,
                       raise_on_problem: bool = True) -> ScanReport:
     """Check every class folder and image file under `folder`; raise one HybridlabError line naming the first
-    problem and the count (or, with `raise_on_problem=False`, return them in the report)."""
+    problem and the count (or, with `raise_on_problem=False`, return them in the report).
+
+    A clean result is remembered for the process while no file changes (name, size, modification time), so the
+    study check and the run's pre-flight do not open every image of a large folder twice.
+    """
     root = Path(folder)
     report = ScanReport(root)
     if not root.is_dir():
@@ -88,6 +105,9 @@ def scan_image_folder(folder: str | Path, decode_limit: int | None = DEFAULT_DEC
             report.problems.append((root / cls, f"class folder has no images ({', '.join(IMAGE_SUFFIXES)})"))
         files.extend(found)
     report.images = len(files)
+    key = _fingerprint(root, report.classes, files, decode_limit)
+    if key in _PASSED:
+        return _PASSED[key]
     if decode_limit is None or decode_limit >= len(files):
         sample = set(range(len(files)))
     else:
@@ -105,4 +125,6 @@ def scan_image_folder(folder: str | Path, decode_limit: int | None = DEFAULT_DEC
         more = len(report.problems) - 1
         raise HybridlabError(f"image folder {root}: {len(report.problems)} bad entr{'y' if not more else 'ies'}; "
                              f"first: {first}: {why}")
+    if not report.problems:
+        _PASSED[key] = report
     return report
