@@ -209,3 +209,21 @@ def test_disk_full_during_training_is_one_line_and_keeps_the_last_checkpoint(tmp
     monkeypatch.undo()
     assert torch.load(root / "last.ckpt", map_location="cpu", weights_only=True)["epoch"] == 0
     assert leftovers(root) == []
+
+
+def test_disk_full_outside_checkpoints_is_the_same_one_line(tmp_path):
+    class FullLogger(L.Callback):  # e.g. the CSV metrics file hitting a full disk
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    root = tmp_path / "trial"
+    with pytest.raises(DiskFullError, match=f"disk full while writing into {root}"):
+        train_and_evaluate(tiny_model(), tiny_data(), FAST, root, seed=0, logger=False, callbacks=[FullLogger()])
+    other = tmp_path / "other"
+
+    class Denied(L.Callback):
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            raise PermissionError(errno.EACCES, "Permission denied")
+
+    with pytest.raises(PermissionError):  # other OS errors are not called a full disk
+        train_and_evaluate(tiny_model(), tiny_data(), FAST, other, seed=0, logger=False, callbacks=[Denied()])
