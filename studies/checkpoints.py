@@ -5,9 +5,9 @@ flushed to disk and moved over the old file with `os.replace`, so `best.ckpt` an
 either the previous complete file or the new complete file. A full disk becomes one `DiskFullError` line
 naming the folder. Loads use `weights_only=True` (checkpoints hold tensors and plain values only).
 
-`resume_candidates` + `usable_checkpoint` pick what a resumed trial starts from: the requested checkpoint,
-else an older one beside it (`last.ckpt`, then `best.ckpt`), else nothing (train from scratch), with one
-line per skipped file saying why.
+`resume_candidates` + `usable_checkpoint` pick what a resumed trial starts from (a file that loads and whose
+records pass their CRC-32 check): the requested checkpoint, else an older one beside it (`last.ckpt`, then
+`best.ckpt`), else nothing (train from scratch), with one line naming the skipped files and why.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import zipfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -77,7 +78,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 def checkpoint_problem(path: Path) -> str | None:
     """Why `path` cannot be resumed from (missing, empty, truncated, corrupt, not a Lightning checkpoint), or None.
 
-    The file is opened memory-mapped, so this costs little even for large checkpoints.
+    The file is opened memory-mapped, then every record's CRC-32 is checked (one read of the file).
     """
     if not path.is_file():
         return "it does not exist"
@@ -91,7 +92,20 @@ def checkpoint_problem(path: Path) -> str | None:
         return f"it cannot be read ({size:,} bytes; {reason})"
     if not isinstance(data, dict) or any(key not in data for key in _REQUIRED_KEYS):
         return "it is not a training checkpoint"
-    return None
+    return _crc_problem(path)
+
+
+def _crc_problem(path: Path) -> str | None:
+    """torch's zip format stores a CRC-32 per record but `torch.load` never checks it: flipped bytes inside
+    a tensor load silently. Reading the records back through `zipfile` does check them."""
+    if not zipfile.is_zipfile(path):
+        return None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (OSError, zipfile.BadZipFile, EOFError) as err:
+        return f"it cannot be read ({' '.join(str(err).split())[:160]})"
+    return f"it is corrupt (checksum mismatch in {bad})" if bad is not None else None
 
 
 def resume_candidates(resume_from: str | os.PathLike[str] | None, root: Path) -> list[Path]:

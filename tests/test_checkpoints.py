@@ -138,6 +138,14 @@ def test_truncated_and_empty_checkpoints_fall_back(tmp_path):
     chosen, note = usable_checkpoint(resume_candidates("last", tmp_path))
     assert chosen is None and f"{best} is unusable (it is empty)" in note and note.endswith("training from scratch")
 
+    torch.save(fake_checkpoint(1), best)
+    data = bytearray(best.read_bytes())
+    offset = data.index(torch.full((4,), 1.0).numpy().tobytes())  # inside the stored tensor
+    data[offset] ^= 0xFF
+    best.write_bytes(bytes(data))
+    assert torch.load(best, weights_only=True)["epoch"] == 1  # torch alone loads the damaged weights silently
+    assert checkpoint_problem(best).startswith("it is corrupt (checksum mismatch in")
+
     torch.save({"weights": torch.zeros(2)}, best)  # loads, but is not a training checkpoint
     assert checkpoint_problem(best) == "it is not a training checkpoint"
     assert usable_checkpoint(resume_candidates(None, tmp_path)) == (None, None)
