@@ -1,11 +1,11 @@
-"""Data modules on tiny files written in tmp_path, and the global_marks generator (rule, determinism, balance, speed)."""
+"""Data modules on tiny files written in tmp_path, and the global_marks generator (rule, determinism, balance, reuse)."""
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import pickle
 import struct
-import time
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +14,8 @@ import torch
 
 from hybridlab.errors import ConfigError, HybridlabError
 from studies.data import DATASETS, DEFAULT_DATASET, dataset_options, make_datamodule
-from studies.data.base import EpochShuffleSampler, random_crop_flip, seeded_subset
+from studies.data.base import EpochShuffleSampler, SeededDataModule, random_crop_flip, seeded_subset
+from studies.data.cifar import CIFAR10DataModule, CIFAR100DataModule
 from studies.data.fashion_mnist import DEFAULT_ROOT, read_idx
 from studies.data.global_marks import CANVAS, TILE, alphabet, generate
 
@@ -151,7 +152,13 @@ def _cifar_batch(n: int, label_key: bytes, num_classes: int, offset: int) -> dic
             label_key: [int(v) for v in (np.arange(n) + offset) % num_classes]}
 
 
-def test_cifar10_pickles(tmp_path):
+def _trust(monkeypatch, module, folder: Path) -> None:
+    """Make the small test pickles in `folder` the published ones (their MD5 sums become the expected sums)."""
+    sums = {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in folder.iterdir() if p.is_file()}
+    monkeypatch.setattr(module, "expected_md5", lambda self: sums)
+
+
+def test_cifar10_pickles(tmp_path, monkeypatch):
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
     batches = {f"data_batch_{i}": _cifar_batch(4, b"labels", 10, i) for i in range(1, 6)}
@@ -159,6 +166,7 @@ def test_cifar10_pickles(tmp_path):
     for name, batch in batches.items():
         with open(folder / name, "wb") as f:
             pickle.dump(batch, f)
+    _trust(monkeypatch, CIFAR10DataModule, folder)
     dm = make_datamodule("cifar10", root=tmp_path, batch_size=4)
     assert (dm.num_classes, dm.in_chans, dm.img_size) == (10, 3, 32)
     x, y = first_batch(dm)
@@ -171,7 +179,7 @@ def test_cifar10_pickles(tmp_path):
     assert make_datamodule("cifar10", root=folder).layout == "pickle"
 
 
-def test_cifar100_pickles_use_fine_labels(tmp_path):
+def test_cifar100_pickles_use_fine_labels(tmp_path, monkeypatch):
     folder = tmp_path / "cifar-100-python"
     folder.mkdir()
     for name, n in (("train", 8), ("test", 4)):
@@ -179,10 +187,42 @@ def test_cifar100_pickles_use_fine_labels(tmp_path):
         batch[b"coarse_labels"] = [0] * n
         with open(folder / name, "wb") as f:
             pickle.dump(batch, f)
+    _trust(monkeypatch, CIFAR100DataModule, folder)
     dm = make_datamodule("cifar100", root=tmp_path)
     dm.setup()
     assert dm.num_classes == 100
     assert dm.train_set.labels.tolist() == [(37 + i) % 100 for i in range(8)]
+
+
+class _RunsCode:
+    """Unpickling this creates the file `marker`: what a tampered dataset file could do instead."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_cifar_tampered_pickle_is_refused_before_unpickling(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    marker = tmp_path / "code-ran"
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = _cifar_batch(2, b"labels", 10, 0)
+        batch[b"extra"] = _RunsCode(marker)
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f)
+    dm = make_datamodule("cifar10", root=tmp_path)  # finding the files reads nothing
+    with pytest.raises(HybridlabError) as err:
+        dm.setup()
+    message = str(err.value)
+    assert not marker.exists()  # the pickle never ran
+    assert "\n" not in message and str(folder / "data_batch_1") in message and "checksum" in message
+    with pytest.raises(HybridlabError, match="checksum"):
+        dm.check()  # --check and the pre-flight find it too
+    assert not marker.exists()
+    assert CIFAR10DataModule(root=tmp_path).expected_md5()["test_batch"] == "40351d587109b95175f43aff81a1287e"
 
 
 def test_cifar10_imagefolder_layout(tmp_path):
@@ -331,10 +371,37 @@ def test_global_marks_options_and_resize():
     assert info["name"] == "global_marks" and info["num_val"] == 32 and "rule" in info
 
 
-def test_global_marks_20k_generation_time():
-    start = time.perf_counter()
-    images, labels = generate(20000, (123, 0))
-    elapsed = time.perf_counter() - start
-    print(f"global_marks: 20000 images generated in {elapsed:.2f} s")
-    assert images.shape == (20000, 3, 32, 32) and len(labels) == 20000
-    assert elapsed < 60  # generous: about 1-2 s on an idle core
+@pytest.mark.slow
+def test_global_marks_default_split_is_generated_once_per_process():
+    """A study trains many models on one split: later data modules reuse the generated tensors, not a copy."""
+    a = make_datamodule("global_marks")
+    b = make_datamodule("global_marks", seed=3)  # another shuffle seed, the same images
+    a.setup()
+    b.setup()
+    assert a.train_set.images.shape == (20000, 3, 32, 32) and a.train_set.images.dtype == torch.uint8
+    assert b.train_set.images.data_ptr() == a.train_set.images.data_ptr()  # shared, not regenerated
+    assert set(a.train_set.labels.unique().tolist()) == set(range(10))
+
+
+def test_every_data_module_shares_the_seeded_loaders(tmp_path):
+    """The in-memory and the image-folder modules take the same loader options and draw the same order."""
+    for split, per_class in (("train", 5), ("val", 2)):
+        for cls in ("a", "b"):
+            for k in range(per_class):
+                write_png(tmp_path / split / cls / f"{k}.png", np.full((8, 8, 3), 10 * k, dtype=np.uint8))
+    options = dict(batch_size=4, seed=7, train_subset=6, val_subset=3, drop_last=False)
+    folder = make_datamodule("imagefolder", root=tmp_path, img_size=8, **options)
+    memory = make_datamodule("synthetic", num_train=10, num_val=4, num_classes=2, img_size=8, **options)
+    for dm in (folder, memory):
+        assert isinstance(dm, SeededDataModule)
+        dm.setup()
+    assert len(folder.train_set) == len(memory.train_set) == 6 and len(folder.val_set) == len(memory.val_set) == 3
+    assert folder.train_set.indices == seeded_subset(10, 6, 7).tolist()  # the same seeded subset rule
+    orders = [list(dm.train_dataloader().sampler) for dm in (folder, memory)]
+    assert orders[0] == orders[1] == list(EpochShuffleSampler(6, 7))
+    for dm in (folder, memory):
+        dm.shuffle_seed = 11  # what train_and_evaluate sets: the trial seed drives the order, not the subset
+        assert list(dm.train_dataloader().sampler) == list(EpochShuffleSampler(6, 11))
+        assert [len(y) for _, y in dm.train_dataloader()] == [4, 2] and dm.describe()["shuffle_seed"] == 11
+    with pytest.raises(ConfigError, match="data.val_batch_size: must be >= 1"):
+        make_datamodule("imagefolder", root=tmp_path, val_batch_size=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import math
 
 import lightning as L
@@ -71,7 +72,8 @@ def chance_accuracy(model: nn.Module, dm) -> float:
 def test_recipe_from_dict_validates_and_names_the_key():
     r = TrainRecipe.from_dict({"epochs": 3, "lr": 1, "opt": "LAMB", "precision": 32, "clip_grad": 1.0})
     assert (r.epochs, r.lr, r.opt, r.precision, r.clip_grad) == (3, 1.0, "lamb", "32", 1.0)
-    assert TrainRecipe.from_dict(None) == TrainRecipe()
+    assert TrainRecipe.from_dict(None) == TrainRecipe() and TrainRecipe().threads is None
+    assert TrainRecipe.from_dict({"threads": 1}).threads == 1 and TrainRecipe.from_dict({"threads": None}).threads is None
     assert TrainRecipe.from_dict(r.to_dict()) == r
     cases = [({"epoch": 3}, "train.epoch: unknown training setting 'epoch'"),
              ({"lr": -1e-3}, "train.lr: must be > 0.0"),
@@ -81,7 +83,10 @@ def test_recipe_from_dict_validates_and_names_the_key():
              ({"precision": "fp8"}, "train.precision: must be one of"),
              ({"ema": "yes"}, "train.ema: must be true or false"),
              ({"label_smoothing": 1.5}, "train.label_smoothing: must be <="),
-             ({"limit_train_batches": 1.5}, "train.limit_train_batches: must be a count")]
+             ({"limit_train_batches": 1.5}, "train.limit_train_batches: must be a count"),
+             ({"threads": 0}, "train.threads: must be >= 1"),
+             ({"threads": 2.5}, "train.threads: must be an integer"),
+             ({"threads": 10**6}, "train.threads: must be <= 4096")]
     for data, message in cases:
         with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("'", "'")):
             TrainRecipe.from_dict(data)
@@ -99,6 +104,52 @@ def test_param_groups_skip_bias_norm_and_no_weight_decay():
     decayed = {names[id(p)] for g in groups if g["weight_decay"] > 0 for p in g["params"]}
     assert decayed == {"conv.weight"}  # pos: no_weight_decay(), head.weight: keyword, the rest 1-D
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+
+def reference_groups(model: nn.Module, weight_decay: float) -> list[tuple[str, ...]]:
+    """The grouping rule the harness has always used, written out by hand: no decay for 1-D params, biases,
+    `no_weight_decay()` names (exact or wildcard) and names containing a `no_weight_decay_keywords()` entry."""
+    skip = set(getattr(model, "no_weight_decay", lambda: ())() or ())
+    keywords = tuple(getattr(model, "no_weight_decay_keywords", lambda: ())() or ())
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if (p.ndim <= 1 or name.endswith(".bias") or any(fnmatch.fnmatch(name, s) for s in skip)
+                or any(k in name for k in keywords)):
+            no_decay.append(name)
+        else:
+            decay.append(name)
+    return [tuple(no_decay), tuple(decay)]
+
+
+def named_groups(model: nn.Module, groups: list[dict]) -> list[tuple[tuple[str, ...], float]]:
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [(tuple(names[id(p)] for p in g["params"]), g["weight_decay"]) for g in groups]
+
+
+def test_optimizer_groups_from_timm_match_the_harness_rule():
+    from blocks import ModelSpec
+
+    hybrid = ModelSpec.create("C | M A", dim=16, in_dim=8, num_heads=[1, 2], window_size=[4, 4],
+                              num_classes=3).build()
+    hybrid.no_weight_decay = lambda: {"levels.1.blocks.*.mixer.A_log", "head.weight"}  # wildcard, as timm uses
+    tiny = TinyNet()
+    tiny.no_weight_decay_keywords = lambda: ("head.weight",)
+    frozen = TinyNet()
+    frozen.conv.weight.requires_grad_(False)
+    for model in (hybrid, tiny, frozen):
+        expected = reference_groups(model, 0.05)
+        module = ClassificationModule(model, TrainRecipe(weight_decay=0.05, opt="adamw"))
+        module.trainer = type("T", (), {"estimated_stepping_batches": 10, "max_epochs": 1})()
+        optimizer = module.configure_optimizers()["optimizer"]
+        got = named_groups(model, optimizer.param_groups)
+        assert got == [(expected[0], 0.0), (expected[1], 0.05)], model.__class__.__name__
+        assert named_groups(model, param_groups(model, 0.05)) == got
+        assert all(g["initial_lr"] == pytest.approx(module.recipe.lr) for g in optimizer.param_groups)
+    assert {"levels.1.blocks.0.mixer.A_log", "head.weight"} <= set(reference_groups(hybrid, 0.05)[0])
+    # weight decay 0: one group without decay (the optimizer's arithmetic is the same as two groups at 0)
+    assert [wd for _, wd in named_groups(tiny, param_groups(tiny, 0.0))] == [0.0]
 
 
 def test_warmup_cosine_schedule():
@@ -127,6 +178,22 @@ def test_training_improves_accuracy_and_writes_checkpoints(tmp_path):
     assert result["last_ckpt"].endswith("last.ckpt") and result["best_ckpt"].endswith("best.ckpt")
     assert (tmp_path / "run" / "logs" / "version_0" / "metrics.csv").is_file()
     assert result["train_time_s"] > 0 and result["resumed_from"] is None and result["stopped_by_time"] is False
+    assert result["train_threads"] == torch.get_num_threads()  # threads unset: torch's own default is kept
+
+
+def test_threads_apply_while_training_and_are_restored(tmp_path):
+    seen: list[int] = []
+
+    class ThreadProbe(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            seen.append(torch.get_num_threads())
+
+    before = torch.get_num_threads()
+    target = 1 if before > 1 else 2
+    result = train_and_evaluate(tiny_model(), tiny_data(), dict(FAST, epochs=1, threads=target), tmp_path / "a",
+                                seed=0, logger=False, callbacks=[ThreadProbe()])
+    assert set(seen) == {target} and result["train_threads"] == target
+    assert torch.get_num_threads() == before  # restored for whatever runs next (e.g. a speed measurement)
 
 
 def test_identical_seeded_runs_are_identical(tmp_path):
@@ -222,7 +289,8 @@ def test_module_needs_classes_for_mixup_and_uses_ema_for_eval():
     module = ClassificationModule(TinyNet(), TrainRecipe(ema=True))
     assert module.eval_model is module.model_ema.module
     assert not any(p.requires_grad for p in module.model_ema.parameters())
-    assert ClassificationModule(TinyNet(), TrainRecipe()).eval_model is not None
+    plain = ClassificationModule(TinyNet(), TrainRecipe())
+    assert plain.model_ema is None and plain.eval_model is plain.model
 
 
 def test_lr_follows_warmup_and_cosine(tmp_path):

@@ -10,12 +10,13 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
 
-from hybridlab.errors import ConfigError
-from studies.data.base import InMemoryDataModule
+from hybridlab.errors import ConfigError, HybridlabError
+from studies.data.base import InMemoryDataModule, SeededDataModule
 from studies.data.cifar import CIFAR10DataModule, CIFAR100DataModule
 from studies.data.fashion_mnist import FashionMNISTDataModule
 from studies.data.global_marks import GlobalMarksDataModule
@@ -42,7 +43,7 @@ def dataset_options(name: str) -> list[str]:
     cls = _lookup(name)
     names: list[str] = []
     for klass in cls.__mro__:
-        if klass in (InMemoryDataModule, L.LightningDataModule, object) or "__init__" not in vars(klass):
+        if klass in (InMemoryDataModule, SeededDataModule, L.LightningDataModule, object) or "__init__" not in vars(klass):
             continue
         for p in inspect.signature(klass.__init__).parameters.values():
             if p.name != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD):
@@ -68,4 +69,21 @@ def make_datamodule(name: str = DEFAULT_DATASET, **options: Any) -> L.LightningD
     return cls(**options)
 
 
-__all__ = ["DATASETS", "DEFAULT_DATASET", "dataset_options", "make_datamodule"]
+def check_data(cfg: Mapping[str, Any]) -> None:
+    """Pre-flight for a study's `data:` section: build the module and run its `check()` (image-folder scan, CIFAR
+    checksums), so a setting that would fail every trial is refused before anything is planned.
+
+    Keys starting with "_" (values the study loader derives) are ignored. Raises ConfigError located at `data`.
+    """
+    options = {k: v for k, v in cfg.items() if not str(k).startswith("_")}
+    try:
+        datamodule = make_datamodule(**options)
+        if hasattr(datamodule, "check"):
+            datamodule.check()
+    except ConfigError:
+        raise
+    except HybridlabError as err:
+        raise ConfigError(str(err), "data") from None
+
+
+__all__ = ["DATASETS", "DEFAULT_DATASET", "check_data", "dataset_options", "make_datamodule"]

@@ -56,19 +56,6 @@ def check_bool(value: Any, key: str) -> bool:
     return value
 
 
-def set_loader_options(module: Any, *, batch_size: Any, val_batch_size: Any, num_workers: Any, seed: Any,
-                       train_subset: Any, val_subset: Any, drop_last: Any) -> None:
-    """Check the loader options every data module takes and set them on `module` (shuffle seed unset)."""
-    module.batch_size = check_int(batch_size, "batch_size", minimum=1)
-    module.val_batch_size = check_int(val_batch_size, "val_batch_size", minimum=1, optional=True)
-    module.num_workers = check_int(num_workers, "num_workers", minimum=0)
-    module.seed = check_int(seed, "seed", minimum=0)
-    module.train_subset = check_int(train_subset, "train_subset", minimum=1, optional=True)
-    module.val_subset = check_int(val_subset, "val_subset", minimum=1, optional=True)
-    module.drop_last = check_bool(drop_last, "drop_last")
-    module.shuffle_seed = None  # train_and_evaluate sets it to the trial seed; None = `seed`
-
-
 def check_path(value: Any, key: str) -> Path:
     if not isinstance(value, (str, Path)) or not str(value):
         raise ConfigError(f"must be a folder path, got {value!r}", f"data.{key}")
@@ -196,12 +183,72 @@ def channel_stats(images: torch.Tensor, max_images: int = 10000) -> tuple[tuple[
     return tuple(round(v, 6) for v in mean.tolist()), tuple(round(v, 6) for v in std.tolist())
 
 
-class InMemoryDataModule(L.LightningDataModule):
+class SeededDataModule(L.LightningDataModule):
+    """Base of every data module: the loader options, seeded subsets and a shuffle that a resume repeats.
+
+    Options: `batch_size`, `val_batch_size` (default `batch_size`), `num_workers` (0 = load in the main process),
+    `seed` (fixes the subsets, and the shuffle order unless the attribute `shuffle_seed` is set, as
+    `train_and_evaluate` does with the trial seed), `train_subset` / `val_subset` (a seeded random N images),
+    `drop_last` (drop the last short training batch). Subclasses fill `train_set` / `val_set` in `setup`.
+    """
+
+    def __init__(self, *, batch_size: Any = 128, num_workers: Any = 0, seed: Any = 0, train_subset: Any = None,
+                 val_subset: Any = None, drop_last: Any = True, val_batch_size: Any = None) -> None:
+        super().__init__()
+        self.batch_size: int = check_int(batch_size, "batch_size", minimum=1)
+        self.val_batch_size = check_int(val_batch_size, "val_batch_size", minimum=1, optional=True)
+        self.num_workers: int = check_int(num_workers, "num_workers", minimum=0)
+        self.seed: int = check_int(seed, "seed", minimum=0)
+        self.train_subset = check_int(train_subset, "train_subset", minimum=1, optional=True)
+        self.val_subset = check_int(val_subset, "val_subset", minimum=1, optional=True)
+        self.drop_last = check_bool(drop_last, "drop_last")
+        self.shuffle_seed: int | None = None
+        self.train_set: Any = None
+        self.val_set: Any = None
+
+    @property
+    def order_seed(self) -> int:
+        """The seed of the training order: the trial's `shuffle_seed` when set, else the data `seed`."""
+        return self.seed if self.shuffle_seed is None else self.shuffle_seed
+
+    def subset_indices(self, num_train: int, num_val: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The seeded train / val subsets (None = keep the whole split); val draws with `seed + 1`."""
+        return seeded_subset(num_train, self.train_subset, self.seed), seeded_subset(num_val, self.val_subset,
+                                                                                      self.seed + 1)
+
+    def _collate(self) -> Any:
+        """The DataLoader's collate_fn (None = PyTorch's default)."""
+        return None
+
+    def _loader(self, dataset: Dataset, batch_size: int, sampler: Sampler | None, drop_last: bool) -> DataLoader:
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
+                          num_workers=self.num_workers, collate_fn=self._collate(),
+                          persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup("fit")
+        n = len(self.train_set)
+        return self._loader(self.train_set, self.batch_size, EpochShuffleSampler(n, self.order_seed),
+                            drop_last=self.drop_last and n >= self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        self.setup("validate")
+        return self._loader(self.val_set, self.val_batch_size or self.batch_size, None, drop_last=False)
+
+    def loader_description(self) -> dict[str, Any]:
+        """The loader part of `describe()` (sizes are None before `setup`)."""
+        return {
+            "num_train": len(self.train_set) if self.train_set is not None else None,
+            "num_val": len(self.val_set) if self.val_set is not None else None,
+            "train_subset": self.train_subset, "val_subset": self.val_subset, "seed": self.seed,
+            "shuffle_seed": self.shuffle_seed, "batch_size": self.batch_size,
+        }
+
+
+class InMemoryDataModule(SeededDataModule):
     """Base for datasets that fit in memory: subclasses set the class attributes and implement `_load`.
 
-    Options common to every data module: `batch_size`, `num_workers` (0 = load in the main process), `seed`
-    (subsets, and the shuffle order unless the attribute `shuffle_seed` is set, as `train_and_evaluate` does), `train_subset` / `val_subset` (a seeded random N images), `img_size` (resize),
-    `drop_last` (drop the last short training batch), `val_batch_size` (default `batch_size`).
+    Options: the loader options of `SeededDataModule`, `img_size` (resize), `augment`.
     """
 
     name = ""
@@ -211,12 +258,10 @@ class InMemoryDataModule(L.LightningDataModule):
     def __init__(self, *, num_classes: int, in_chans: int, batch_size: int = 128, num_workers: int = 0, seed: int = 0,
                  train_subset: int | None = None, val_subset: int | None = None, img_size: int | None = None,
                  drop_last: bool = True, val_batch_size: int | None = None, augment: bool = False) -> None:
-        super().__init__()
+        super().__init__(batch_size=batch_size, val_batch_size=val_batch_size, num_workers=num_workers, seed=seed,
+                         train_subset=train_subset, val_subset=val_subset, drop_last=drop_last)
         self.num_classes = num_classes
         self.in_chans = in_chans
-        self.shuffle_seed: int | None
-        set_loader_options(self, batch_size=batch_size, val_batch_size=val_batch_size, num_workers=num_workers,
-                           seed=seed, train_subset=train_subset, val_subset=val_subset, drop_last=drop_last)
         self.img_size = check_int(img_size, "img_size", minimum=4, maximum=4096, optional=True) or self.native_size
         self.augment = check_bool(augment, "augment")
         self.mean: tuple[float, ...] | None = None
@@ -241,12 +286,11 @@ class InMemoryDataModule(L.LightningDataModule):
         if self.train_set is not None:
             return
         xtr, ytr, xva, yva = self._load()
-        keep = seeded_subset(len(ytr), self.train_subset, self.seed)
-        if keep is not None:
-            xtr, ytr = xtr[keep], ytr[keep]
-        keep = seeded_subset(len(yva), self.val_subset, self.seed + 1)
-        if keep is not None:
-            xva, yva = xva[keep], yva[keep]
+        keep_train, keep_val = self.subset_indices(len(ytr), len(yva))
+        if keep_train is not None:
+            xtr, ytr = xtr[keep_train], ytr[keep_train]
+        if keep_val is not None:
+            xva, yva = xva[keep_val], yva[keep_val]
         xtr = resize_images(xtr, self.img_size, self.resize_mode)
         xva = resize_images(xva, self.img_size, self.resize_mode)
         if self.mean is None and xtr.dtype == torch.uint8:
@@ -255,21 +299,8 @@ class InMemoryDataModule(L.LightningDataModule):
         self.train_set = TensorImageDataset(xtr, ytr, self.mean, self.std, **aug)
         self.val_set = TensorImageDataset(xva, yva, self.mean, self.std)
 
-    def _loader(self, dataset: Dataset, batch_size: int, sampler: Sampler | None, drop_last: bool) -> DataLoader:
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
-                          num_workers=self.num_workers, collate_fn=collate_batch,
-                          persistent_workers=self.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        self.setup("fit")
-        n = len(self.train_set)
-        shuffle_seed = self.seed if self.shuffle_seed is None else self.shuffle_seed
-        return self._loader(self.train_set, self.batch_size, EpochShuffleSampler(n, shuffle_seed),
-                            drop_last=self.drop_last and n >= self.batch_size)
-
-    def val_dataloader(self) -> DataLoader:
-        self.setup("validate")
-        return self._loader(self.val_set, self.val_batch_size or self.batch_size, None, drop_last=False)
+    def _collate(self) -> Any:
+        return collate_batch
 
     def describe(self) -> dict[str, Any]:
         """Everything that fixes the data, for the study manifest (sizes are None before `setup`)."""
@@ -278,13 +309,7 @@ class InMemoryDataModule(L.LightningDataModule):
             "num_classes": self.num_classes,
             "in_chans": self.in_chans,
             "img_size": self.img_size,
-            "num_train": len(self.train_set) if self.train_set is not None else None,
-            "num_val": len(self.val_set) if self.val_set is not None else None,
-            "train_subset": self.train_subset,
-            "val_subset": self.val_subset,
-            "seed": self.seed,
-            "shuffle_seed": self.shuffle_seed,
-            "batch_size": self.batch_size,
+            **self.loader_description(),
             "augment": self.augment,
             "mean": list(self.mean) if self.mean is not None else None,
             "std": list(self.std) if self.std is not None else None,

@@ -1,13 +1,17 @@
 """CIFAR-10 / CIFAR-100 from torchvision's python-pickle layout or from an ImageFolder (`train/<class>/`, `test/<class>/`).
 
 The layout is detected from `root`: `cifar-10-batches-py/` (or `cifar-100-python/`) inside it, `root` being that
-folder itself, or `train/` + `test/` (or `val/`) class folders of 32x32 images. The pickles are read directly
-(torchvision's loader would insist on the official checksums); `download: true` uses torchvision's downloader.
+folder itself, or `train/` + `test/` (or `val/`) class folders of 32x32 images. Unpickling runs whatever code a
+pickle names, so every batch file is read once into memory, its MD5 sum compared with the published one
+(torchvision's `CIFAR10.train_list` / `test_list`), and only a match is unpickled; anything else is refused with
+one line naming the file. `download: true` uses torchvision's downloader.
 """
 
 from __future__ import annotations
 
+import hashlib
 import pickle
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +27,30 @@ CIFAR_STD = (0.2470, 0.2435, 0.2616)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp", ".tif", ".tiff"}
 
 
-def _unpickle(path: Path) -> dict:
+def _checked_bytes(path: Path, expected_md5: Mapping[str, str]) -> bytes:
+    """The file's bytes, only when their MD5 sum is the published one for its name."""
     try:
-        with open(path, "rb") as f:
-            return pickle.load(f, encoding="bytes")
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError) as err:
+        data = path.read_bytes()
+    except OSError as err:
+        raise HybridlabError(f"cannot read CIFAR batch {path}: {err.strerror or err}") from None
+    expected = expected_md5.get(path.name)
+    actual = hashlib.md5(data, usedforsecurity=False).hexdigest()
+    if expected is None or actual != expected:
+        raise HybridlabError(
+            f"CIFAR batch {path} fails its checksum (md5 {actual}, published {expected or 'none for this name'}): "
+            f"it is damaged or was altered, so it is not loaded; delete the folder and set data.download: true")
+    return data
+
+
+def _unpickle(path: Path, expected_md5: Mapping[str, str]) -> dict:
+    data = _checked_bytes(path, expected_md5)
+    try:
+        batch = pickle.loads(data, encoding="bytes")
+    except (pickle.UnpicklingError, EOFError, ValueError) as err:
         raise HybridlabError(f"cannot read CIFAR batch {path}: {err}") from err
+    if not isinstance(batch, dict):
+        raise HybridlabError(f"CIFAR batch {path} is not a mapping")
+    return batch
 
 
 def _get(batch: dict, key: str, path: Path) -> Any:
@@ -38,11 +60,12 @@ def _get(batch: dict, key: str, path: Path) -> Any:
     raise HybridlabError(f"CIFAR batch {path} has no {key!r} entry")
 
 
-def read_pickle_batches(paths: list[Path], label_key: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images (N, 3, 32, 32) uint8 and labels from torchvision-format CIFAR pickles."""
+def read_pickle_batches(paths: list[Path], label_key: str,
+                        expected_md5: Mapping[str, str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (N, 3, 32, 32) uint8 and labels from torchvision-format CIFAR pickles with the published MD5 sums."""
     xs, ys = [], []
     for path in paths:
-        batch = _unpickle(path)
+        batch = _unpickle(path, expected_md5)
         data = np.asarray(_get(batch, "data", path), dtype=np.uint8)
         labels = np.asarray(_get(batch, label_key, path), dtype=np.int64)
         if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(labels):
@@ -104,6 +127,26 @@ class CIFARDataModule(InMemoryDataModule):
                 f"and for train/<class>/ + test/<class>/ image folders); set data.root to one of those "
                 f"or set data.download: true")
 
+    def expected_md5(self) -> dict[str, str]:
+        """The published MD5 sum of each batch file, as torchvision lists them."""
+        import torchvision.datasets as tvd
+
+        dataset_cls = tvd.CIFAR10 if self.expected_classes == 10 else tvd.CIFAR100
+        return {name: md5 for name, md5 in (*dataset_cls.train_list, *dataset_cls.test_list)}
+
+    def check(self) -> None:
+        """Pre-flight: the pickles match their published sums, or every image of the folders decodes."""
+        if self.layout == "pickle":
+            sums = self.expected_md5()
+            for name in (*self.train_files, *self.test_files):
+                _checked_bytes(self.source / name, sums)
+        elif self.layout == "imagefolder":
+            from studies.data.scan import scan_image_folder
+
+            test = next(self.source / d for d in ("test", "val") if (self.source / d).is_dir())
+            scan_image_folder(self.source / "train")
+            scan_image_folder(test)
+
     def _detect(self) -> tuple[str | None, Path | None]:
         for folder in (self.root / self.pickle_dir, self.root):
             if all((folder / f).is_file() for f in (*self.train_files, *self.test_files)):
@@ -132,8 +175,9 @@ class CIFARDataModule(InMemoryDataModule):
         if self.layout is None:
             self.prepare_data()
         if self.layout == "pickle":
-            xtr, ytr = read_pickle_batches([self.source / f for f in self.train_files], self.label_key)
-            xva, yva = read_pickle_batches([self.source / f for f in self.test_files], self.label_key)
+            sums = self.expected_md5()
+            xtr, ytr = read_pickle_batches([self.source / f for f in self.train_files], self.label_key, sums)
+            xva, yva = read_pickle_batches([self.source / f for f in self.test_files], self.label_key, sums)
         else:
             train = self.source / "train"
             test = next(self.source / d for d in ("test", "val") if (self.source / d).is_dir())
