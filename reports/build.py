@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import html as html_lib
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,11 +18,13 @@ import numpy as np
 import pandas as pd
 
 import hybridlab
+from hybridlab.atomic import atomic_write
 from hybridlab.errors import HybridlabError
+from hybridlab.metrics import Objective
 from reports import plots
 from reports.html import Page
 from reports.hypervolume import history, hypervolume, reference_point
-from reports.load import Objective, StudyData, load_study, mask_url
+from reports.load import StudyData, load_study, mask_url
 from reports.pareto import aggregate, finished_rows, to_minimization
 from reports.tables import (
     Table,
@@ -160,29 +161,10 @@ def write_files(folder: Path, files: dict[str, bytes], managed: Sequence[str], s
     for fname, blob in sorted(files.items()):
         if fname.endswith((".md", ".csv")):
             blob = scrub(blob.decode("utf-8")).encode("utf-8")
-        _atomic_bytes(folder / fname, blob)
+        atomic_write(folder / fname, blob)
     for fname in managed:
         if fname not in files and (folder / fname).exists():
             (folder / fname).unlink()
-
-
-def _atomic_bytes(path: Path, blob: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(blob)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; report files are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _html_scrub(data: StudyData) -> Callable[[str], str]:

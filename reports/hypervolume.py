@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from hybridlab.errors import ConfigError
-from reports.load import Objective
+from hybridlab.metrics import Objective
 from reports.pareto import arch_key, finished_rows, pareto_mask, to_minimization
 
 MARGIN = 0.10

@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 
 from hybridlab.errors import ConfigError, HybridlabError
+from hybridlab.metrics import DEFAULT_OBJECTIVES, Objective, parse_objectives
 from hybridlab.urls import mask_password as mask_url
 from hybridlab.urls import scrub, url_secrets
 from studies.storage import open_storage as _open_storage
@@ -24,27 +25,6 @@ from studies.table import CSV_NAME, read_trials, trials_frame
 MANIFEST_NAME = "manifest.json"
 STUDY_FILE_NAME = "study.yaml"
 DB_NAME = "study.db"
-DIRECTIONS = ("maximize", "minimize")
-DEFAULT_OBJECTIVES: tuple[tuple[str, str], ...] = (("top1", "maximize"), ("throughput_img_s", "maximize"))
-
-
-@dataclass(frozen=True)
-class Objective:
-    """One objective column and whether larger or smaller is better."""
-
-    name: str
-    direction: str = "maximize"
-
-    @property
-    def maximize(self) -> bool:
-        return self.direction == "maximize"
-
-    @property
-    def sign(self) -> float:
-        """Multiply by this to turn the objective into one to minimise."""
-        return -1.0 if self.maximize else 1.0
-
-
 @dataclass
 class StudyData:
     """Everything a report needs about one study."""
@@ -204,30 +184,11 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     return data
 
 
-def parse_objectives(raw: Any, where: str = "manifest.json") -> list[Objective]:
-    """`[{"name": "top1", "direction": "maximize"}, ...]` (a bare name means maximize)."""
-    if not isinstance(raw, list) or not raw:
-        raise ConfigError("'objectives' must be a non-empty list", where)
-    out: list[Objective] = []
-    for i, item in enumerate(raw):
-        if isinstance(item, str):
-            item = {"name": item}
-        if not isinstance(item, dict) or not isinstance(item.get("name"), str) or not item["name"]:
-            raise ConfigError(f"objectives[{i}] needs a 'name'", where)
-        direction = str(item.get("direction", "maximize")).lower()
-        if direction not in DIRECTIONS:
-            raise ConfigError(f"objectives[{i}].direction must be maximize or minimize, got {direction!r}", where)
-        out.append(Objective(item["name"], direction))
-    names = [o.name for o in out]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"objectives repeat a name: {names}", where)
-    return out
-
-
 def objectives_for(manifest: dict[str, Any], frame: pd.DataFrame) -> list[Objective]:
+    """The manifest's objectives (names a newer or older harness recorded are kept), else the default pair."""
     if manifest.get("objectives"):
-        return parse_objectives(manifest["objectives"])
-    return [Objective(n, d) for n, d in DEFAULT_OBJECTIVES]
+        return parse_objectives(manifest["objectives"], where="manifest.json: objectives", known_only=False)
+    return parse_objectives(None)
 
 
 def _objectives_from_study(study: Any, frame: pd.DataFrame) -> list[Objective]:
@@ -236,7 +197,7 @@ def _objectives_from_study(study: Any, frame: pd.DataFrame) -> list[Objective]:
         names = list(study.metric_names or [])
     except Exception:  # noqa: BLE001
         names = []
-    defaults = [n for n, _ in DEFAULT_OBJECTIVES]
+    defaults = list(DEFAULT_OBJECTIVES)
     out: list[Objective] = []
     for i, direction in enumerate(directions):
         if i < len(names) and names[i]:
@@ -245,7 +206,7 @@ def _objectives_from_study(study: Any, frame: pd.DataFrame) -> list[Objective]:
             name = defaults[i]
         else:
             name = f"value_{i}"
-        out.append(Objective(name, direction))
+        out.append(Objective(name, direction))  # type: ignore[arg-type]
     return out
 
 
@@ -264,8 +225,6 @@ def _read_text(path: Path) -> str | None:
         return path.read_text(encoding="utf-8") if path.is_file() else None
     except OSError:
         return None
-
-
 
 
 def open_storage(url: str) -> Any:

@@ -12,13 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from reports.load import Objective
-
-# Metrics averaged per architecture (besides the objectives); absent columns are skipped.
-METRICS: tuple[str, ...] = (
-    "top1", "top5", "val_loss", "params", "macs", "flops", "throughput_img_s", "latency_ms",
-    "latency_iqr_ms", "train_throughput_img_s", "peak_mem_mb", "train_time_s", "epochs",
-)
+from hybridlab.metrics import METRICS, Objective
 
 
 def to_minimization(values: np.ndarray, objectives: Sequence[Objective]) -> np.ndarray:

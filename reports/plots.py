@@ -23,8 +23,7 @@ from matplotlib.lines import Line2D
 from matplotlib.text import Text
 from matplotlib.transforms import Bbox
 
-from reports.load import Objective
-from reports.tables import NICE
+from hybridlab.metrics import Objective, display_name
 
 PALETTE = "colorblind"
 FAMILY_MARKERS = ("o", "s", "^", "v", "P")
@@ -98,7 +97,7 @@ def _label_axes(ax, ox: Objective, oy: Objective, title: str, log: bool, xs: np.
 
 
 def axis_label(o: Objective, log: bool = False) -> str:
-    base = NICE.get(o.name, (o.name, 1.0, ""))[0]
+    base = display_name(o.name)
     if log:
         base = base[:-1] + ", log scale)" if base.endswith(")") else base + " (log scale)"
     return f"{base}  [{'higher' if o.maximize else 'lower'} is better]"
@@ -476,7 +475,7 @@ def hypervolume_plot(hist: pd.DataFrame, objectives: Sequence[Objective], refere
             ax.text(0.5, 0.5, "no finished trial yet", transform=ax.transAxes, ha="center", va="center", color="0.4")
         ax.set_xlabel("trial number")
         if single:
-            ax.set_ylabel(f"best {NICE.get(objectives[0].name, (objectives[0].name,))[0]} so far")
+            ax.set_ylabel(f"best {display_name(objectives[0].name)} so far")
             caption = f"Single objective ({objectives[0].direction} {objectives[0].name}): best architecture mean so far."
         else:
             ax.set_ylabel("hypervolume\n(" + " × ".join(o.name for o in objectives) + ")")

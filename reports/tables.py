@@ -15,28 +15,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from reports.load import Objective
+from hybridlab.metrics import METRICS, Objective, display_name
 from reports.pareto import aggregate
 
 DASH = "–"
 
-# Known metrics: display name, scale, unit suffix for the header.
-NICE: dict[str, tuple[str, float, str]] = {
-    "top1": ("Top-1 (%)", 1.0, ""),
-    "top5": ("Top-5 (%)", 1.0, ""),
-    "val_loss": ("Val. loss", 1.0, ""),
-    "params": ("Params (M)", 1e6, ""),
-    "macs": ("MACs (G)", 1e9, ""),
-    "flops": ("FLOPs (G)", 1e9, ""),
-    "throughput_img_s": ("Throughput (img/s)", 1.0, ""),
-    "latency_ms": ("Latency (ms)", 1.0, ""),
-    "latency_iqr_ms": ("Latency IQR (ms)", 1.0, ""),
-    "train_throughput_img_s": ("Train throughput (img/s)", 1.0, ""),
-    "peak_mem_mb": ("Peak memory (MB)", 1.0, ""),
-    "train_time_s": ("Train time (s)", 1.0, ""),
-    "epochs": ("Epochs", 1.0, ""),
-}
-ACCURACY = ("top1", "top5")
+# Percent figures (accuracies): two decimals, differences in percentage points.
+PERCENT: tuple[str, ...] = tuple(n for n, m in METRICS.items() if m.display.endswith("(%)"))
+FIXED_DECIMALS: tuple[str, ...] = (*PERCENT, "val_loss")
 
 
 @dataclass
@@ -98,19 +84,20 @@ def fmt_metric(name: str, mean: Any, std: Any = None) -> str:
     """A metric in its readable unit; accuracies get `mean ± std` with two decimals."""
     if _missing(mean):
         return DASH
-    scale = NICE.get(name, ("", 1.0, ""))[1]
-    if name in ACCURACY or name == "val_loss":
+    metric = METRICS.get(name)
+    scale = metric.scale if metric else 1.0
+    if name in FIXED_DECIMALS:
         text = f"{float(mean):.2f}"
         return text if _missing(std) else f"{text} ± {float(std):.2f}"
     text = fmt_sig(mean, scale)
-    if name in ("params", "macs", "flops", "epochs") or _missing(std):
+    if (metric is not None and metric.dtype == "int") or _missing(std):
         return text
     decimals = len(text.split(".")[1]) if "." in text else 0
     return f"{text} ± {float(std) / scale:,.{decimals}f}"
 
 
 def header(name: str) -> str:
-    return NICE.get(name, (name, 1.0, ""))[0]
+    return display_name(name)
 
 
 def fmt_rank(rank: Any, baseline: bool) -> str:
@@ -181,7 +168,7 @@ def ablation_frame(frame: pd.DataFrame, objectives: Sequence[Objective], default
             continue
         ref = float(base[col].iloc[0]) if len(base) else np.nan
         values = by_label[col].astype(float)
-        if name in ACCURACY:
+        if name in PERCENT:
             by_label[f"delta_{name}"] = values - ref
         else:
             by_label[f"delta_{name}_pct"] = (values / ref - 1.0) * 100.0 if ref not in (0.0,) else np.nan
@@ -191,11 +178,11 @@ def ablation_frame(frame: pd.DataFrame, objectives: Sequence[Objective], default
 def ablation_table(abl: pd.DataFrame, objectives: Sequence[Objective], default_label: str | None) -> Table:
     metrics = [m for m in ABLATION_METRICS if f"{m}_mean" in abl.columns]
     metrics += [o.name for o in objectives if o.name not in metrics and f"{o.name}_mean" in abl.columns]
-    deltas = [(m, f"delta_{m}" if m in ACCURACY else f"delta_{m}_pct") for m in metrics
-              if m in ACCURACY or m in (o.name for o in objectives)]
-    deltas = sorted(((m, c) for m, c in deltas if c in abl.columns), key=lambda mc: mc[0] not in ACCURACY)
+    deltas = [(m, f"delta_{m}" if m in PERCENT else f"delta_{m}_pct") for m in metrics
+              if m in PERCENT or m in (o.name for o in objectives)]
+    deltas = sorted(((m, c) for m, c in deltas if c in abl.columns), key=lambda mc: mc[0] not in PERCENT)
     columns = ["Variant", "Pattern"] + [header(m) for m in metrics] + ["n"]
-    columns += [f"Δ {header(m).split(' (')[0]} ({'pp' if m in ACCURACY else '%'})" for m, _ in deltas]
+    columns += [f"Δ {header(m).split(' (')[0]} ({'pp' if m in PERCENT else '%'})" for m, _ in deltas]
     align = ["l", "l"] + ["r"] * (len(metrics) + 1 + len(deltas))
     rows = []
     for _, r in abl.iterrows():
@@ -205,7 +192,7 @@ def ablation_table(abl: pd.DataFrame, objectives: Sequence[Objective], default_l
         row = [name, r["pattern"] or DASH] + [fmt_metric(m, r[f"{m}_mean"], r.get(f"{m}_std")) for m in metrics]
         row.append(str(int(r["n"])))
         for m, c in deltas:
-            row.append(_fmt_delta(r[c], "pp" if m in ACCURACY else "%", is_default=r["label"] == default_label))
+            row.append(_fmt_delta(r[c], "pp" if m in PERCENT else "%", is_default=r["label"] == default_label))
         rows.append(row)
     notes = [f"Δ: difference to the default row ({default_label})." if default_label else
              "No default row (manifest ablation.default_label is not set)."]

@@ -14,11 +14,12 @@ import pytest
 
 from hybridlab.cli import main as cli_main
 from hybridlab.errors import ConfigError, HybridlabError
+from hybridlab.metrics import Objective
 from reports import plots
 from reports.build import build_report, compare
 from reports.demo import write_demo_study
 from reports.hypervolume import history, hypervolume, reference_point
-from reports.load import Objective, load_study, mask_url, scrub, url_secrets
+from reports.load import load_study, mask_url, scrub, url_secrets
 from reports.pareto import aggregate, dominates, nondominated_ranks, pareto_mask, to_minimization
 from reports.tables import ablation_frame, ablation_table, architecture_table, fmt_metric
 from studies.table import normalize_frame
@@ -409,3 +410,15 @@ def test_no_output_file_carries_a_storage_password(tmp_path):
     page = (tmp_path / "out" / "report.html").read_text()
     assert page.count("alice:***@db.example") >= 3  # source, manifest storage, study file, fail reason
     assert "Hunter2-secret" not in " ".join(messages)
+
+
+def test_manifest_objectives_use_the_shared_vocabulary(tmp_path):
+    # an older manifest may name a figure the registry does not know: kept, maximized by default;
+    # a bare known name takes the registry's direction
+    frame = _frame([{"pattern": "p", "my_score": 1.0, "latency_ms": 2.0}])
+    _study_folder(tmp_path, "old", frame, objectives=[{"name": "my_score"}, "latency_ms"])
+    data = load_study("old", results_dir=tmp_path)
+    assert data.objectives == [Objective("my_score", "maximize"), Objective("latency_ms", "minimize")]
+    _study_folder(tmp_path, "bad", frame, objectives=[{"name": "top1", "direction": "upwards"}])
+    with pytest.raises(ConfigError, match=r"manifest.json: objectives\[0\]: direction must be maximize or minimize"):
+        load_study("bad", results_dir=tmp_path)
