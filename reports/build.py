@@ -21,11 +21,13 @@ import hybridlab
 from hybridlab.atomic import atomic_write
 from hybridlab.errors import HybridlabError
 from hybridlab.metrics import Objective
-from reports import plots
+from reports.figures import to_png, to_svg
 from reports.html import Page
 from reports.hypervolume import history, hypervolume, reference_point
 from reports.load import StudyData, load_study, mask_url
 from reports.pareto import aggregate, finished_rows, to_minimization
+from reports.plots import compare_plot, pareto_plot
+from reports.ranking_plots import hypervolume_plot, ranking_plot
 from reports.tables import (
     Table,
     ablation_csv,
@@ -85,13 +87,13 @@ def write_report(data: StudyData, folder: Path, echo: Echo | None = None) -> lis
     title = f"{name}: {len(arch)} architecture{'s' if len(arch) != 1 else ''}"
     if len(objectives) >= 2 and len(ranked):
         n_front = int((arch["rank"] == 1).sum())
-        fig = plots.pareto_plot(arch, objectives, f"{title}, {n_front} on the Pareto front")
-        files["pareto.png"], files["pareto.svg"] = plots.to_png(fig), plots.to_svg(fig)
+        fig = pareto_plot(arch, objectives, f"{title}, {n_front} on the Pareto front")
+        files["pareto.png"], files["pareto.svg"] = to_png(fig), to_svg(fig)
         page.figure("Pareto front", files["pareto.png"],
                     f"{header(objectives[0].name)} against {header(objectives[1].name)}; the vector version is pareto.svg.")
     elif len(objectives) == 1 and len(arch):
-        fig = plots.ranking_plot(arch, objectives[0], f"{title}, ranked by {objectives[0].name}")
-        files["ranking.png"], files["ranking.svg"] = plots.to_png(fig), plots.to_svg(fig)
+        fig = ranking_plot(arch, objectives[0], f"{title}, ranked by {objectives[0].name}")
+        files["ranking.png"], files["ranking.svg"] = to_png(fig), to_svg(fig)
         page.figure("Ranking", files["ranking.png"], "Single-objective study: architectures ranked by the objective.")
 
     if len(arch):
@@ -99,8 +101,8 @@ def write_report(data: StudyData, folder: Path, echo: Echo | None = None) -> lis
         reference, rule = reference_point(finished_rows(candidates), objectives, data.manifest)
         hist = history(frame, objectives, reference)
         label = "best value so far" if len(objectives) == 1 else "hypervolume"
-        fig = plots.hypervolume_plot(hist, objectives, reference, rule, f"{name}: {label} by trial")
-        files["hypervolume.png"] = plots.to_png(fig)
+        fig = hypervolume_plot(hist, objectives, reference, rule, f"{name}: {label} by trial")
+        files["hypervolume.png"] = to_png(fig)
         caption = ("Best architecture mean after each finished trial." if len(objectives) == 1 else
                    "Hypervolume of the front after each finished trial; the reference point is written on the plot.")
         page.figure("Hypervolume" if len(objectives) > 1 else "Best value so far", files["hypervolume.png"], caption)
@@ -244,8 +246,8 @@ def compare(sources: Sequence[Any], results_dir: str | os.PathLike[str] = "resul
     reference, rule = reference_point(pooled_candidates, objectives, loaded[0].manifest)
 
     table, raw = _compare_table(loaded, archs, objectives, reference)
-    fig = plots.compare_plot(archs, objectives, "Pareto fronts: " + ", ".join(names))
-    files = {"compare.png": plots.to_png(fig), "compare.svg": plots.to_svg(fig)}
+    fig = compare_plot(archs, objectives, "Pareto fronts: " + ", ".join(names))
+    files = {"compare.png": to_png(fig), "compare.svg": to_svg(fig)}
     ref_text = ", ".join(f"{o.name} = {v:.4g}" for o, v in zip(objectives, reference))
     note = f"Hypervolume reference point: {ref_text} ({rule}), the same for every study."
     table.notes.append(note)

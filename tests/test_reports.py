@@ -15,12 +15,14 @@ import pytest
 from hybridlab.cli import main as cli_main
 from hybridlab.errors import ConfigError, HybridlabError
 from hybridlab.metrics import Objective
-from reports import plots
 from reports.build import build_report, compare
 from reports.demo import write_demo_study
+from reports.figures import to_png, to_svg
 from reports.hypervolume import history, hypervolume, reference_point
+from reports.labels import pattern_labels, shorten
 from reports.load import load_study, mask_url, scrub, url_secrets
 from reports.pareto import aggregate, dominates, nondominated_ranks, pareto_mask, to_minimization
+from reports.plots import pareto_plot
 from reports.tables import ablation_frame, ablation_table, architecture_table, fmt_metric
 from studies.table import normalize_frame
 
@@ -265,20 +267,20 @@ def test_pareto_plot_bytes_are_reproducible_and_depend_on_data():
     frame = _frame([{"pattern": f"C | M*{i} A*{4 - i}", "family": "f", "top1": 70.0 + i, "throughput_img_s": 500.0 - 90 * i}
                     for i in range(4)])
     arch = aggregate(frame, MAX2)
-    first = plots.pareto_plot(arch, MAX2, "t")
-    png, svg = plots.to_png(first), plots.to_svg(first)
-    second = plots.pareto_plot(arch.iloc[::-1].reset_index(drop=True), MAX2, "t")  # input order does not matter
-    assert plots.to_png(second) == png and plots.to_svg(second) == svg
+    first = pareto_plot(arch, MAX2, "t")
+    png, svg = to_png(first), to_svg(first)
+    second = pareto_plot(arch.iloc[::-1].reset_index(drop=True), MAX2, "t")  # input order does not matter
+    assert to_png(second) == png and to_svg(second) == svg
     arch.loc[0, "top1_mean"] += 0.5
-    assert plots.to_png(plots.pareto_plot(arch, MAX2, "t")) != png
+    assert to_png(pareto_plot(arch, MAX2, "t")) != png
 
 
 def test_labels_shorten_and_drop_common_stages():
-    labels, note = plots.pattern_labels(["C | C*3 | M*4 A*4 | M*2 A*2", "C | C*3 | A*4 M*4 | M*2 A*2"])
+    labels, note = pattern_labels(["C | C*3 | M*4 A*4 | M*2 A*2", "C | C*3 | A*4 M*4 | M*2 A*2"])
     assert labels == ["… | M*4 A*4 | M*2 A*2", "… | A*4 M*4 | M*2 A*2"] and "'C | C*3'" in note
-    short = plots.shorten("C | C*3 | M[d_state=16,expand=2]*4 A[window=7]*4 | M*2 A*2", 34)
+    short = shorten("C | C*3 | M[d_state=16,expand=2]*4 A[window=7]*4 | M*2 A*2", 34)
     assert short == "C | C*3 | M[…]*4 A[…]*4 | M*2 A*2"  # options hidden first
-    cut = plots.shorten("M A " * 20 + "| C", 20)
+    cut = shorten("M A " * 20 + "| C", 20)
     assert len(cut) <= 20 and cut.startswith("M A M A") and "…" in cut and cut.endswith("| C")
 
 
