@@ -82,6 +82,7 @@ def write_report(data: StudyData, folder: Path, echo: Echo | None = None) -> lis
     if unfinished and not arch.empty:
         page.alerts.append(f"{unfinished} of {len(frame)} trials are not finished (running, waiting, failed or "
                            "pruned): they are listed below and not plotted.")
+    page.alerts += [data.scrub(note) for note in data.notes]
 
     ranked = arch[arch["rank"].notna()] if len(arch) else arch
     title = f"{name}: {len(arch)} architecture{'s' if len(arch) != 1 else ''}"

@@ -18,13 +18,16 @@ from hybridlab.errors import ConfigError, HybridlabError
 from hybridlab.metrics import DEFAULT_OBJECTIVES, Objective, parse_objectives
 from hybridlab.urls import mask_password as mask_url
 from hybridlab.urls import scrub, url_secrets
+from studies.storage import is_journal, journal_path, root_cause, sqlite_path
 from studies.storage import open_storage as _open_storage
-from studies.storage import root_cause, sqlite_path
 from studies.table import CSV_NAME, read_trials, trials_frame
 
 MANIFEST_NAME = "manifest.json"
 STUDY_FILE_NAME = "study.yaml"
 DB_NAME = "study.db"
+LIVE_STATES = ("RUNNING", "WAITING")
+
+
 @dataclass
 class StudyData:
     """Everything a report needs about one study."""
@@ -37,6 +40,7 @@ class StudyData:
     source: str = ""  # where it came from, password masked
     folder: Path | None = None  # the study's results folder (default parent of the report)
     secrets: tuple[str, ...] = ()  # raw passwords seen in URLs, removed from every output
+    notes: list[str] = field(default_factory=list)  # what the reader should know about the source (shown on the page)
 
     def scrub(self, text: str) -> str:
         """Mask passwords in any URL in `text` and any raw secret we know of."""
@@ -84,29 +88,62 @@ def load_study(source: Any, results_dir: str | Path = "results", study: str | No
 
 
 def _from_folder(folder: Path, study: str | None = None) -> StudyData:
+    """A study folder: the live storage when it can be opened from here, else the `trials.csv` snapshot.
+
+    The runner rewrites trials.csv after each finished trial, so while a study runs the table lags the
+    storage (a trial that started since shows as WAITING); reading the storage keeps every form right.
+    """
     manifest = read_manifest(folder)
-    study_yaml = _read_text(folder / STUDY_FILE_NAME)
-    name = str(manifest.get("study") or folder.name)
     csv = folder / CSV_NAME
-    if csv.exists():
+    live = _live_url(folder, manifest, has_table=csv.exists())
+    fallback = ""
+    if live is not None:
         try:
-            frame = read_trials(csv)
-        except pd.errors.EmptyDataError:
-            frame = read_trials_empty()
-        except (OSError, ValueError, pd.errors.ParserError) as exc:
-            raise HybridlabError(f"cannot read {csv}: {_first_line(exc)}") from None
-        data = StudyData(name=name, frame=frame, objectives=[], manifest=manifest, study_yaml=study_yaml,
-                         source=str(csv), folder=folder)
-        data.objectives = objectives_for(data.manifest, frame)
-        return data
-    if (folder / DB_NAME).exists():
-        data = _from_storage(f"sqlite:///{(folder / DB_NAME).resolve()}", study or manifest.get("study"), folder.parent)
-        data.folder = folder
-        return data
-    raise HybridlabError(f"{folder}: no {CSV_NAME} or {DB_NAME} in this study folder (has the study run?)")
+            return _from_storage(live, study or manifest.get("study"), folder.parent, folder=folder)
+        except HybridlabError as exc:
+            if not csv.exists():
+                raise
+            fallback = f"the storage could not be read ({exc}), so "
+    if not csv.exists():
+        raise HybridlabError(f"{folder}: no {CSV_NAME} or {DB_NAME} in this study folder (has the study run?)")
+    try:
+        frame = read_trials(csv)
+    except pd.errors.EmptyDataError:
+        frame = read_trials_empty()
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise HybridlabError(f"cannot read {csv}: {_first_line(exc)}") from None
+    name = str(manifest.get("study") or folder.name)
+    data = StudyData(name=name, frame=frame, objectives=[], manifest=manifest,
+                     study_yaml=_read_text(folder / STUDY_FILE_NAME), source=str(csv), folder=folder)
+    data.objectives = objectives_for(data.manifest, frame)
+    if fallback or frame["state"].isin(LIVE_STATES).any():
+        stored = manifest.get("storage")
+        where = f" ({mask_url(stored)})" if isinstance(stored, str) and stored else ""
+        data.notes.append(f"Trial states come from trials.csv, which the study rewrites after each finished trial; "
+                          f"{fallback}a trial started since shows as waiting. For live states, report from the "
+                          f"study's storage URL{where}.")
+    return data
 
 
-def _from_storage(url: str, study_name: str | None, results_dir: Path) -> StudyData:
+def _live_url(folder: Path, manifest: dict[str, Any], has_table: bool) -> str | None:
+    """The storage URL to read a study folder from, when it can be opened from here.
+
+    The manifest's storage when it is a SQLite or journal file that exists (its URL carries no password),
+    else the folder's own study.db. A server URL in the manifest has its password masked, so it cannot be
+    reopened: the table is read instead (the report then says where live states are).
+    """
+    stored = manifest.get("storage")
+    if isinstance(stored, str) and stored:
+        path = sqlite_path(stored) or (journal_path(stored) if is_journal(stored) else None)
+        if path is not None and path.is_file():
+            return stored
+        if path is None and has_table:
+            return None
+    own = folder / DB_NAME
+    return f"sqlite:///{own.resolve()}" if own.is_file() else None
+
+
+def _from_storage(url: str, study_name: str | None, results_dir: Path, folder: Path | None = None) -> StudyData:
     import optuna
 
     secrets = url_secrets(url)
@@ -133,18 +170,18 @@ def _from_storage(url: str, study_name: str | None, results_dir: Path) -> StudyD
         study = optuna.load_study(study_name=study_name, storage=storage)
     except Exception as exc:  # noqa: BLE001
         raise HybridlabError(scrub(f"cannot load study {study_name!r} from {shown}: {_first_line(exc)}", secrets)) from None
-    data = _from_optuna(study, source=shown, results_dir=results_dir, secrets=secrets, url=url)
-    return data
+    return _from_optuna(study, source=shown, results_dir=results_dir, secrets=secrets, url=url, folder=folder)
 
 
 def _from_optuna(study: Any, source: str, results_dir: Path, secrets: tuple[str, ...] = (),
-                 url: str | None = None) -> StudyData:
-    """Frame from the storage; manifest and study file from the study folder when one is next to it."""
+                 url: str | None = None, folder: Path | None = None) -> StudyData:
+    """Frame from the storage; manifest and study file from `folder`, else from the study folder next to it."""
     frame = trials_frame(study)
-    folder = results_dir / study.study_name
-    local = sqlite_path(url) if url else None
-    if local is not None and (local.parent / MANIFEST_NAME).exists():
-        folder = local.parent
+    if folder is None:
+        folder = results_dir / study.study_name
+        local = sqlite_path(url) if url else None
+        if local is not None and (local.parent / MANIFEST_NAME).exists():
+            folder = local.parent
     manifest = read_manifest(folder) if folder.is_dir() else {}
     if manifest.get("study") not in (None, study.study_name):
         manifest = {}  # a different study's folder

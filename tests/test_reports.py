@@ -16,7 +16,7 @@ from hybridlab.cli import main as cli_main
 from hybridlab.errors import ConfigError, HybridlabError
 from hybridlab.metrics import Objective
 from reports.build import build_report, compare
-from reports.demo import write_demo_study
+from reports.demo import make_frame, write_demo_study, write_study_folder
 from reports.figures import to_png, to_svg
 from reports.hypervolume import history, hypervolume, reference_point
 from reports.labels import pattern_labels, shorten
@@ -24,7 +24,6 @@ from reports.load import load_study, mask_url, scrub, url_secrets
 from reports.pareto import aggregate, dominates, nondominated_ranks, pareto_mask, to_minimization
 from reports.plots import pareto_plot
 from reports.tables import ablation_frame, ablation_table, architecture_table, fmt_metric
-from studies.table import normalize_frame
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 MAX2 = [Objective("top1", "maximize"), Objective("throughput_img_s", "maximize")]
@@ -32,26 +31,11 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _frame(rows: list[dict]) -> pd.DataFrame:
-    """A trials table from a few fields per row (the rest as the study runner leaves them empty)."""
-    full = []
-    for i, row in enumerate(rows):
-        row = {"number": i, "state": "COMPLETE", "seed": 0, **row}
-        if "arch_hash" not in row and "pattern" in row:
-            row["arch_hash"] = "h-" + row["pattern"]
-        full.append(row)
-    return normalize_frame(pd.DataFrame.from_records(full))
+    return make_frame(rows)
 
 
 def _study_folder(root: Path, name: str, frame: pd.DataFrame, objectives=None, **manifest) -> Path:
-    folder = root / name
-    folder.mkdir(parents=True)
-    frame.to_csv(folder / "trials.csv", index=False)
-    data = {"study": name, "objectives": objectives or [{"name": "top1", "direction": "maximize"},
-                                                        {"name": "throughput_img_s", "direction": "maximize"}],
-            "ablation": None, **manifest}
-    (folder / "manifest.json").write_text(json.dumps(data))
-    (folder / "study.yaml").write_text(f"name: {name}\nnote: <b>&amp; escaped</b>\n")
-    return folder
+    return write_study_folder(root, name, frame, objectives, f"name: {name}\nnote: <b>&amp; escaped</b>\n", **manifest)
 
 
 # -- Pareto ------------------------------------------------------------------------------------------
