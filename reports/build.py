@@ -88,7 +88,9 @@ def write_report(data: StudyData, folder: Path, echo: Echo | None = None) -> lis
     title = f"{name}: {len(arch)} architecture{'s' if len(arch) != 1 else ''}"
     if len(objectives) >= 2 and len(ranked):
         n_front = int((arch["rank"] == 1).sum())
-        fig = pareto_plot(arch, objectives, f"{title}, {n_front} on the Pareto front")
+        n_base = int(((arch["rank"] == 1) & arch["is_baseline"].astype(bool)).sum())
+        fig = pareto_plot(arch, objectives, f"{title}, {n_front} on the Pareto front"
+                          + (f" ({n_base} baseline{'s' if n_base > 1 else ''})" if n_base else ""))
         files["pareto.png"], files["pareto.svg"] = to_png(fig), to_svg(fig)
         page.figure("Pareto front", files["pareto.png"],
                     f"{header(objectives[0].name)} against {header(objectives[1].name)}; the vector version is pareto.svg.")
@@ -252,6 +254,8 @@ def compare(sources: Sequence[Any], results_dir: str | os.PathLike[str] = "resul
     ref_text = ", ".join(f"{o.name} = {v:.4g}" for o, v in zip(objectives, reference))
     note = f"Hypervolume reference point: {ref_text} ({rule}), the same for every study."
     table.notes.append(note)
+    table.notes.append("Baselines take part in each study's front and best values as reference points; the "
+                       "hypervolume counts searched candidates only.")
     files["compare.md"] = f"# Comparison: {', '.join(names)}\n\n{table.to_markdown()}".encode()
     files["compare.csv"] = raw.to_csv(index=False).encode()
     page = Page(title=f"Comparison: {', '.join(names)}", subtitle=f"objectives: {_goals(objectives)}")
@@ -279,21 +283,26 @@ def _compare_table(loaded: Sequence[StudyData], archs: Sequence[tuple[str, pd.Da
     ref_min = to_minimization(reference, objectives)[0]
     for d, (name, arch) in zip(loaded, archs):
         ranked = arch[arch["rank"].notna()] if len(arch) else arch
+        base = arch["is_baseline"].astype(bool) if len(arch) else pd.Series([], dtype=bool)
         record: dict[str, Any] = {"study": name, "finished_trials": len(finished_rows(d.frame)),
-                                  "architectures": len(arch), "on_front": int((ranked["rank"] == 1).sum())}
+                                  "architectures": len(arch), "baselines": int(base.sum()),
+                                  "on_front": int((ranked["rank"] == 1).sum()),
+                                  "baselines_on_front": int(((arch["rank"] == 1) & base).sum()) if len(arch) else 0}
         for o in objectives:
             col = ranked[f"{o.name}_mean"].astype(float).dropna() if len(ranked) else pd.Series([], dtype=float)
             record[f"best_{o.name}"] = float(col.max() if o.maximize else col.min()) if len(col) else np.nan
         volume = np.nan
-        if len(ranked) and np.all(np.isfinite(ref_min)):
-            points = np.column_stack([ranked[f"{o.name}_mean"].astype(float) for o in objectives])
+        searched = ranked[~ranked["is_baseline"].astype(bool)] if len(ranked) else ranked
+        if len(searched) and np.all(np.isfinite(ref_min)):
+            points = np.column_stack([searched[f"{o.name}_mean"].astype(float) for o in objectives])
             volume = hypervolume(to_minimization(points, objectives), ref_min)
         record["hypervolume"] = volume
         records.append(record)
     raw = pd.DataFrame.from_records(records)
-    columns = ["Study", "Finished trials", "Architectures", "On front"]
+    columns = ["Study", "Finished trials", "Architectures", "Baselines", "On front"]
     columns += [f"Best {header(o.name)}" for o in objectives] + ["Hypervolume"]
-    rows = [[r["study"], str(r["finished_trials"]), str(r["architectures"]), str(r["on_front"])]
+    rows = [[r["study"], str(r["finished_trials"]), str(r["architectures"]), str(r["baselines"]),
+             f"{r['on_front']} ({r['baselines_on_front']} baseline)" if r["baselines_on_front"] else str(r["on_front"])]
             + [fmt_metric(o.name, r[f"best_{o.name}"]) for o in objectives]
             + ["–" if np.isnan(r["hypervolume"]) else f"{r['hypervolume']:.4g}"] for r in records]
     return Table(columns, rows, ["l"] + ["r"] * (len(columns) - 1)), raw

@@ -82,9 +82,8 @@ def aggregate(frame: pd.DataFrame, objectives: Sequence[Objective], by: str = "a
     """One row per architecture: mean/std/n over seeds of each metric, and its Pareto rank.
 
     Columns: key, pattern, family, label, is_baseline, feasible, n, seeds, trials, `<metric>_mean`,
-    `<metric>_std` (sample std, NaN for one seed), rank (float; NaN when not ranked). Candidates are
-    ranked among themselves (feasible ones with every objective known); baselines are ranked only when
-    the study has no candidate.
+    `<metric>_std` (sample std, NaN for one seed), rank (float; NaN when not ranked). Candidates and
+    baselines are ranked together (feasible ones with every objective known).
     """
     done = finished_rows(frame)
     names = [m for m in dict.fromkeys([*(o.name for o in objectives), *METRICS]) if m in done.columns]
@@ -120,13 +119,15 @@ def aggregate(frame: pd.DataFrame, objectives: Sequence[Objective], by: str = "a
 
 
 def rankable(arch: pd.DataFrame, objectives: Sequence[Objective]) -> pd.Series:
-    """Architectures that take part in the Pareto ranking."""
+    """Architectures that take part in the Pareto ranking: feasible, with every objective known.
+
+    Baselines take part: they are the reference points a reader compares the search against, so a
+    candidate a baseline beats is not shown as on the front (tables and plots mark baselines as such).
+    """
     if arch.empty:
         return pd.Series(False, index=arch.index)
     known = np.all(np.isfinite(objective_matrix(arch, objectives)), axis=1)
-    ok = pd.Series(known, index=arch.index) & arch["feasible"].astype(bool)
-    candidates = ~arch["is_baseline"].astype(bool)
-    return ok & candidates if (ok & candidates).any() else ok
+    return pd.Series(known, index=arch.index) & arch["feasible"].astype(bool)
 
 
 def rank_architectures(arch: pd.DataFrame, objectives: Sequence[Objective]) -> pd.Series:
@@ -147,11 +148,13 @@ def objective_matrix(arch: pd.DataFrame, objectives: Sequence[Objective]) -> np.
 
 
 def sort_architectures(arch: pd.DataFrame, objectives: Sequence[Objective]) -> pd.DataFrame:
-    """Rank first (unranked last), then the first objective best-first, then the key: a total order."""
+    """Rank first (unranked last, baselines among them last), then the first objective best-first, then the
+    key: a total order. Ranked baselines stand among the candidates of their rank."""
     first = objectives[0]
     col = f"{first.name}_mean"
     score = arch[col].astype(float) * first.sign if col in arch.columns else pd.Series(0.0, index=arch.index)
-    order = arch.assign(_r=arch["rank"].fillna(np.inf), _s=score.fillna(np.inf), _b=arch["is_baseline"].astype(int))
+    unranked_baseline = arch["rank"].isna() & arch["is_baseline"].astype(bool)
+    order = arch.assign(_r=arch["rank"].fillna(np.inf), _s=score.fillna(np.inf), _b=unranked_baseline.astype(int))
     order = order.sort_values(["_b", "_r", "_s", "key"], kind="stable")
     return order.drop(columns=["_r", "_s", "_b"]).reset_index(drop=True)
 

@@ -105,7 +105,7 @@ def pareto_plot(arch: pd.DataFrame, objectives: Sequence[Objective], title: str)
         note = ""
         if len(front):
             front_sorted = front.sort_values([f"{ox.name}_mean", "key"], kind="stable")
-            labels, note = pattern_labels([p or r for p, r in zip(front_sorted["pattern"], front_sorted["label"])])
+            labels, note = front_labels(front_sorted)
             place_labels(fig, ax, front_sorted[f"{ox.name}_mean"].astype(float).to_numpy(),
                          front_sorted[f"{oy.name}_mean"].astype(float).to_numpy(), labels,
                          data[f"{ox.name}_mean"].astype(float).to_numpy(), data[f"{oy.name}_mean"].astype(float).to_numpy(),
@@ -117,6 +117,8 @@ def pareto_plot(arch: pd.DataFrame, objectives: Sequence[Objective], title: str)
         if len(objectives) > 2:
             caption += (f" Front over {len(objectives)} objectives (also "
                         + ", ".join(f"{o.direction} {o.name}" for o in objectives[2:]) + "), shown in the first two.")
+        if len(base):
+            caption += " Baselines (black) take part in the front as reference points."
         if note:
             caption += " " + note
         ax.text(0.0, -0.13, caption, transform=ax.transAxes, fontsize=8.5, color="0.3", va="top", ha="left")
@@ -124,6 +126,17 @@ def pareto_plot(arch: pd.DataFrame, objectives: Sequence[Objective], title: str)
             ax.text(0.5, 0.5, "no finished architecture with both objectives", transform=ax.transAxes,
                     ha="center", va="center", color="0.4")
     return fig
+
+
+def front_labels(front: pd.DataFrame) -> tuple[list[str], str]:
+    """Labels of front points: candidates by their (shortened) pattern, baselines as `baseline: <name>`."""
+    is_base = front["is_baseline"].astype(bool).tolist()
+    names = [p or r for p, r, b in zip(front["pattern"], front["label"], is_base) if not b]
+    cand, note = pattern_labels(names) if names else ([], "")
+    it = iter(cand)
+    labels = [f"baseline: {shorten(r or p or 'baseline', 30)}" if b else next(it)
+              for p, r, b in zip(front["pattern"], front["label"], is_base)]
+    return labels, note
 
 
 def _points(ax, rows: pd.DataFrame, ox: Objective, oy: Objective, log: bool, color, marker: str,
@@ -159,11 +172,12 @@ def compare_plot(studies: Sequence[tuple[str, pd.DataFrame]], objectives: Sequen
         ys_all = np.concatenate([a[f"{oy.name}_mean"].astype(float).to_numpy() for _, a in studies] or [np.array([])])
         fix_singular_limits(ax, log, xs_all, ys_all)
         handles = []
+        any_baseline = False
         for i, (name, arch) in enumerate(studies):
             color, marker = colors[i % 10], FAMILY_MARKERS[(i // 10) % len(FAMILY_MARKERS)]
             ok = arch[np.isfinite(arch[f"{ox.name}_mean"].astype(float)) & np.isfinite(arch[f"{oy.name}_mean"].astype(float))]
-            ok = ok[~ok["is_baseline"].astype(bool)] if (~ok["is_baseline"].astype(bool)).any() else ok
-            rest = ok[ok["rank"] != 1]
+            is_base = ok["is_baseline"].astype(bool)
+            rest = ok[(ok["rank"] != 1) & ~is_base]
             front = ok[ok["rank"] == 1]
             ax.scatter(rest[f"{ox.name}_mean"].astype(float), rest[f"{oy.name}_mean"].astype(float), s=22,
                        color=[color], marker=marker, alpha=0.3, linewidths=0, zorder=2)
@@ -173,12 +187,24 @@ def compare_plot(studies: Sequence[tuple[str, pd.DataFrame]], objectives: Sequen
                 if len(objectives) == 2:
                     sx, sy = staircase(fx, fy, ox.maximize, oy.maximize)
                     ax.plot(sx, sy, color=color, lw=1.6, zorder=3)
-                ax.scatter(fx, fy, s=55, color=[color], marker=marker, edgecolors="black", linewidths=0.6, zorder=4)
+                cand = ~front["is_baseline"].astype(bool).to_numpy()
+                ax.scatter(fx[cand], fy[cand], s=55, color=[color], marker=marker, edgecolors="black", linewidths=0.6,
+                           zorder=4)
+            base = ok[is_base]
+            if len(base):  # a study's baselines: its colour, one baseline shape, on or off the front
+                any_baseline = True
+                ax.scatter(base[f"{ox.name}_mean"].astype(float), base[f"{oy.name}_mean"].astype(float), s=80,
+                           color=[color], marker=BASELINE_MARKERS[0], edgecolors="black", linewidths=0.8, zorder=5)
             handles.append(Line2D([], [], color=color, marker=marker, lw=1.6, markersize=7,
                                   label=f"{shorten(name, 30)} ({len(front)} on front)"))
+        if any_baseline:
+            handles.append(Line2D([], [], ls="", marker=BASELINE_MARKERS[0], color="white", markeredgecolor="black",
+                                  markersize=8, label="baseline (study colour)"))
         label_axes(ax, ox, oy, title, log, xs_all)
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
                   title="study", alignment="left")
-        ax.text(0.0, -0.13, "Lines: each study's Pareto front (architecture means over seeds); faint points: "
-                "dominated architectures.", transform=ax.transAxes, fontsize=8.5, color="0.3", va="top", ha="left")
+        caption = "Lines: each study's Pareto front (architecture means over seeds); faint points: dominated architectures."
+        if any_baseline:
+            caption += "\nBaselines (X) take part in their study's front as reference points."
+        ax.text(0.0, -0.13, caption, transform=ax.transAxes, fontsize=8.5, color="0.3", va="top", ha="left")
     return fig

@@ -101,8 +101,8 @@ def header(name: str) -> str:
 
 
 def fmt_rank(rank: Any, baseline: bool) -> str:
-    if baseline and _missing(rank):
-        return "baseline"
+    if baseline:
+        return "baseline" if _missing(rank) else f"{int(rank)} (baseline)"
     return DASH if _missing(rank) else str(int(rank))
 
 
@@ -126,6 +126,9 @@ def architecture_table(arch: pd.DataFrame, objectives: Sequence[Objective]) -> T
              "Accuracy and speed are mean ± sample std over seeds (n); ± is omitted when n = 1."]
     if (~arch["feasible"].astype(bool)).any() if len(arch) else False:
         notes.append("Architectures violating a constraint are not ranked (–).")
+    if arch["is_baseline"].astype(bool).any() if len(arch) else False:
+        notes.append("Baselines take part in the ranking as reference points, marked (baseline); a candidate a "
+                     "baseline beats is not on the front. The hypervolume counts searched candidates only.")
     return Table(columns, rows, align, notes)
 
 
