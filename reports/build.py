@@ -1,4 +1,4 @@
-"""Build a study's report folder, and compare several studies.
+"""Build a study's report folder (several studies side by side: `reports.comparison`).
 
 `build_report` writes into `<results-dir>/<study>/report/` by default:
 pareto.png/.svg (multi-objective) or ranking.png/.svg (single objective), hypervolume.png,
@@ -14,7 +14,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 import hybridlab
@@ -23,13 +22,12 @@ from hybridlab.errors import HybridlabError
 from hybridlab.metrics import Objective
 from reports.figures import to_png, to_svg
 from reports.html import Page
-from reports.hypervolume import history, hypervolume, reference_point
+from reports.hypervolume import history, reference_point
 from reports.load import StudyData, load_study, mask_url
-from reports.pareto import aggregate, finished_rows, to_minimization
-from reports.plots import compare_plot, pareto_plot
+from reports.pareto import aggregate, finished_rows
+from reports.plots import pareto_plot
 from reports.ranking_plots import hypervolume_plot, ranking_plot
 from reports.tables import (
-    Table,
     ablation_csv,
     ablation_frame,
     ablation_table,
@@ -43,7 +41,6 @@ from studies.table import state_counts
 
 REPORT_FILES = ("pareto.png", "pareto.svg", "ranking.png", "ranking.svg", "hypervolume.png", "table.md",
                 "table.csv", "ablation.md", "ablation.csv", "report.html")
-COMPARE_FILES = ("compare.png", "compare.svg", "compare.md", "compare.csv", "compare.html")
 Echo = Callable[[str], None]
 
 
@@ -134,7 +131,7 @@ def write_report(data: StudyData, folder: Path, echo: Echo | None = None) -> lis
     page.preformatted("Study file (study.yaml)", data.study_yaml, "no study.yaml next to the trials")
     names = sorted(files) + ["report.html"]
     page.files(names)
-    files["report.html"] = page.render(scrub=_html_scrub(data)).encode("utf-8")
+    files["report.html"] = page.render(scrub=html_scrub(data)).encode("utf-8")
 
     write_files(folder, files, REPORT_FILES, data.scrub)
     if message:
@@ -172,7 +169,7 @@ def write_files(folder: Path, files: dict[str, bytes], managed: Sequence[str], s
             (folder / fname).unlink()
 
 
-def _html_scrub(data: StudyData) -> Callable[[str], str]:
+def html_scrub(data: StudyData) -> Callable[[str], str]:
     escaped = tuple(html_lib.escape(s) for s in data.secrets)
 
     def scrub(text: str) -> str:
@@ -183,9 +180,13 @@ def _html_scrub(data: StudyData) -> Callable[[str], str]:
     return scrub
 
 
+def goals(objectives: Sequence[Objective]) -> str:
+    return ", ".join(f"{o.direction} {o.name}" for o in objectives)
+
+
 def _subtitle(data: StudyData) -> str:
-    goals = ", ".join(f"{o.direction} {o.name}" for o in data.objectives)
-    return f"Source: {data.scrub(data.source)} · objectives: {goals} · hybridlab {hybridlab.__version__}"
+    goals_text = goals(data.objectives)
+    return f"Source: {data.scrub(data.source)} · objectives: {goals_text} · hybridlab {hybridlab.__version__}"
 
 
 def _cards(frame: pd.DataFrame, arch: pd.DataFrame, objectives: Sequence[Objective],
@@ -209,100 +210,5 @@ def _study_info(data: StudyData) -> dict[str, Any]:
         if key in data.manifest:
             value = data.manifest[key]
             info[key] = mask_url(value) if key == "storage" and isinstance(value, str) else value
-    info["objectives"] = ", ".join(f"{o.direction} {o.name}" for o in data.objectives)
+    info["objectives"] = goals(data.objectives)
     return info
-
-
-# -- compare ---------------------------------------------------------------------------------------
-def compare(sources: Sequence[Any], results_dir: str | os.PathLike[str] = "results",
-            out: str | os.PathLike[str] | None = None, echo: Echo | None = None) -> Path:
-    """Fronts of several studies on one plot plus a small table; return the output folder.
-
-    The studies must share their objectives; hypervolumes use one reference point computed from all of
-    them with the rule of `reports.hypervolume.reference_point`.
-    """
-    say = echo or (lambda _msg: None)
-    if len(sources) < 2:
-        raise HybridlabError("compare needs at least two studies")
-    loaded = [load_study(s, results_dir=results_dir) for s in sources]
-    names = [d.name for d in loaded]
-    if len(set(names)) != len(names):
-        dup = sorted({n for n in names if names.count(n) > 1})
-        raise HybridlabError(f"study {dup[0]!r} is given twice")
-    objectives = loaded[0].objectives
-    for d in loaded[1:]:
-        if d.objectives != objectives:
-            raise HybridlabError(
-                f"studies {loaded[0].name!r} and {d.name!r} have different objectives "
-                f"({_goals(objectives)} vs {_goals(d.objectives)}); compare needs the same ones")
-    if len(objectives) < 2:
-        raise HybridlabError("compare plots Pareto fronts and needs at least two objectives")
-    for d in loaded:
-        check_objectives(d)
-    archs = [(d.name, aggregate(d.frame, objectives)) for d in loaded]
-    empty = [n for n, a in archs if a.empty]
-    if len(empty) == len(archs):
-        raise HybridlabError(f"no finished trial in any of the studies {', '.join(names)}")
-    folder = Path(out) if out is not None else Path(results_dir) / ("compare-" + "-vs-".join(names))
-    pooled = pd.concat([finished_rows(d.frame) for d in loaded], ignore_index=True)
-    pooled_candidates = pooled[~pooled["is_baseline"].astype(bool)] if (~pooled["is_baseline"].astype(bool)).any() else pooled
-    reference, rule = reference_point(pooled_candidates, objectives, loaded[0].manifest)
-
-    table, raw = _compare_table(loaded, archs, objectives, reference)
-    fig = compare_plot(archs, objectives, "Pareto fronts: " + ", ".join(names))
-    files = {"compare.png": to_png(fig), "compare.svg": to_svg(fig)}
-    ref_text = ", ".join(f"{o.name} = {v:.4g}" for o, v in zip(objectives, reference))
-    note = f"Hypervolume reference point: {ref_text} ({rule}), the same for every study."
-    table.notes.append(note)
-    table.notes.append("Baselines take part in each study's front and best values as reference points; the "
-                       "hypervolume counts searched candidates only.")
-    files["compare.md"] = f"# Comparison: {', '.join(names)}\n\n{table.to_markdown()}".encode()
-    files["compare.csv"] = raw.to_csv(index=False).encode()
-    page = Page(title=f"Comparison: {', '.join(names)}", subtitle=f"objectives: {_goals(objectives)}")
-    if empty:
-        page.alerts.append(f"No finished trial yet in: {', '.join(empty)}.")
-    page.figure("Pareto fronts", files["compare.png"], "Each study's front; faint points are dominated architectures.")
-    page.table("Studies", table)
-    page.files(sorted(files) + ["compare.html"])
-    secrets = tuple(s for d in loaded for s in d.secrets)
-    scrubber = _html_scrub(StudyData(name="", frame=pd.DataFrame(), objectives=[], secrets=secrets))
-    files["compare.html"] = page.render(scrub=scrubber).encode("utf-8")
-    write_files(folder, files, COMPARE_FILES, scrubber)
-    say(f"wrote the comparison of {', '.join(repr(n) for n in names)} to {folder}")
-    return folder
-
-
-def _goals(objectives: Sequence[Objective]) -> str:
-    return ", ".join(f"{o.direction} {o.name}" for o in objectives)
-
-
-def _compare_table(loaded: Sequence[StudyData], archs: Sequence[tuple[str, pd.DataFrame]],
-                   objectives: Sequence[Objective], reference: np.ndarray) -> tuple[Table, pd.DataFrame]:
-    """Per study: finished trials, architectures, front size, best value of each objective, hypervolume."""
-    records = []
-    ref_min = to_minimization(reference, objectives)[0]
-    for d, (name, arch) in zip(loaded, archs):
-        ranked = arch[arch["rank"].notna()] if len(arch) else arch
-        base = arch["is_baseline"].astype(bool) if len(arch) else pd.Series([], dtype=bool)
-        record: dict[str, Any] = {"study": name, "finished_trials": len(finished_rows(d.frame)),
-                                  "architectures": len(arch), "baselines": int(base.sum()),
-                                  "on_front": int((ranked["rank"] == 1).sum()),
-                                  "baselines_on_front": int(((arch["rank"] == 1) & base).sum()) if len(arch) else 0}
-        for o in objectives:
-            col = ranked[f"{o.name}_mean"].astype(float).dropna() if len(ranked) else pd.Series([], dtype=float)
-            record[f"best_{o.name}"] = float(col.max() if o.maximize else col.min()) if len(col) else np.nan
-        volume = np.nan
-        searched = ranked[~ranked["is_baseline"].astype(bool)] if len(ranked) else ranked
-        if len(searched) and np.all(np.isfinite(ref_min)):
-            points = np.column_stack([searched[f"{o.name}_mean"].astype(float) for o in objectives])
-            volume = hypervolume(to_minimization(points, objectives), ref_min)
-        record["hypervolume"] = volume
-        records.append(record)
-    raw = pd.DataFrame.from_records(records)
-    columns = ["Study", "Finished trials", "Architectures", "Baselines", "On front"]
-    columns += [f"Best {header(o.name)}" for o in objectives] + ["Hypervolume"]
-    rows = [[r["study"], str(r["finished_trials"]), str(r["architectures"]), str(r["baselines"]),
-             f"{r['on_front']} ({r['baselines_on_front']} baseline)" if r["baselines_on_front"] else str(r["on_front"])]
-            + [fmt_metric(o.name, r[f"best_{o.name}"]) for o in objectives]
-            + ["–" if np.isnan(r["hypervolume"]) else f"{r['hypervolume']:.4g}"] for r in records]
-    return Table(columns, rows, ["l"] + ["r"] * (len(columns) - 1)), raw

@@ -251,6 +251,28 @@ def _has_data(frame: pd.DataFrame, column: str) -> bool:
     return column in frame.columns and bool(pd.to_numeric(frame[column], errors="coerce").notna().any())
 
 
+def study_setup(data: StudyData) -> dict[str, Any]:
+    """The dataset and image size a study trained on, from its manifest, else from its study file.
+
+    Keys `dataset` and `img_size`, None when not recorded (older results keep them in other places).
+    """
+    manifest = data.manifest
+    sections = [manifest.get("data"), manifest.get("measure"), manifest.get("train")]
+    if data.study_yaml:
+        import yaml
+
+        try:
+            parsed = yaml.safe_load(data.study_yaml)
+        except yaml.YAMLError:
+            parsed = None
+        if isinstance(parsed, dict):
+            sections += [parsed.get("data"), parsed.get("measure"), parsed.get("train")]
+    sections = [s for s in sections if isinstance(s, dict)]
+    dataset = next((s.get(k) for s in sections for k in ("name", "dataset") if s.get(k) is not None), None)
+    img_size = next((s["img_size"] for s in sections if s.get("img_size") is not None), None)
+    return {"dataset": dataset, "img_size": img_size}
+
+
 def read_trials_empty() -> pd.DataFrame:
     from studies.table import normalize_frame
 

@@ -15,7 +15,8 @@ import pytest
 from hybridlab.cli import main as cli_main
 from hybridlab.errors import ConfigError, HybridlabError
 from hybridlab.metrics import Objective
-from reports.build import build_report, compare
+from reports.build import build_report
+from reports.comparison import compare
 from reports.demo import make_frame, write_demo_study, write_study_folder
 from reports.figures import to_png, to_svg
 from reports.hypervolume import history, hypervolume, reference_point

@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 
 from hybridlab.metrics import Objective
-from reports.build import build_report, compare
+from reports.build import build_report
+from reports.comparison import compare
 from reports.demo import make_frame, write_demo_study, write_study_folder
 from reports.pareto import aggregate
 from reports.plots import compare_plot, pareto_plot
