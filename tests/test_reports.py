@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import statistics
 from pathlib import Path
 
 import numpy as np
@@ -235,7 +236,10 @@ def test_report_html_is_self_contained_with_images_tables_and_masked_secrets(dem
     assert len(images) == 2
     assert base64.b64decode(images[0]) == (demo_report / "pareto.png").read_bytes()
     assert base64.b64decode(images[1]) == (demo_report / "hypervolume.png").read_bytes()
-    assert "<table" in page and "C | C*3 | M*6 A*6 | M*2 A*2" in page and "82.48 ± 0.24" in page
+    trials = pd.read_csv(demo_report.parent / "trials.csv")  # the expected cell, from the data itself
+    deep = trials[(trials["pattern"] == "C | C*3 | M*6 A*6 | M*2 A*2") & (trials["state"] == "COMPLETE")]["top1"]
+    cell = f"{statistics.mean(deep):.2f} ± {statistics.stdev(deep):.2f}"
+    assert "<table" in page and "C | C*3 | M*6 A*6 | M*2 A*2" in page and cell in page
     assert "Unfinished trials" in page and "CUDA out of memory at batch 64" in page and "RUNNING" in page
     assert "batch_size" in page and "torch" in page  # measurement profile and environment
     assert "s3cret-pw" not in page and "hybrid:***@db.example" in page  # the study file's URL is masked
@@ -362,17 +366,27 @@ def test_report_from_sqlite_and_journal_storage(tmp_path):
 
 
 def test_compare_two_studies(tmp_path, capsys):
-    write_demo_study(tmp_path / "a", name="a", seed=0, n_running=0)
-    write_demo_study(tmp_path / "b", name="b", seed=1, n_running=0)
+    _study_folder(tmp_path, "a", _frame([
+        {"pattern": "C | M", "top1": 70.0, "throughput_img_s": 300.0},
+        {"pattern": "C | A", "top1": 75.0, "throughput_img_s": 100.0},
+        {"pattern": "C | A*2", "top1": 72.0, "throughput_img_s": 90.0},  # dominated by C | A
+        {"pattern": "timm:r", "label": "r", "top1": 71.0, "throughput_img_s": 250.0, "is_baseline": True},
+    ]))
+    _study_folder(tmp_path, "b", _frame([{"pattern": "C | M", "top1": 69.0, "throughput_img_s": 310.0},
+                                         {"pattern": "C | A", "top1": 74.0, "throughput_img_s": 120.0}]))
     _study_folder(tmp_path, "single", _frame([{"pattern": "p", "top1": 1.0}]), objectives=[{"name": "top1"}])
     assert cli_main(["compare", "a", "b", "--results-dir", str(tmp_path)]) == 0
     out = tmp_path / "compare-a-vs-b"
     assert sorted(p.name for p in out.iterdir()) == ["compare.csv", "compare.html", "compare.md", "compare.png",
                                                       "compare.svg"]
     table = pd.read_csv(out / "compare.csv")
-    assert table["study"].tolist() == ["a", "b"] and (table["hypervolume"] > 0).all()
-    # resnet18 (77.0, 3,900 img/s) takes part and beats all but two candidates of study a
-    assert table["on_front"].iloc[0] == 3 and table["architectures"].tolist() == [20, 20]
+    assert table["study"].tolist() == ["a", "b"] and table["architectures"].tolist() == [4, 2]
+    assert table["on_front"].tolist() == [3, 2] and table["baselines_on_front"].tolist() == [1, 0]
+    assert table["best_top1"].tolist() == [75.0, 74.0] and table["best_throughput_img_s"].tolist() == [300.0, 310.0]
+    # reference from the pooled candidates: top1 69 - 0.6 = 68.4, img/s 90 - 22 = 68 (baselines not counted)
+    # a: boxes from (70, 300) and (75, 100): 1.6 * 232 + 6.6 * 32 - 1.6 * 32 = 531.2
+    # b: boxes from (69, 310) and (74, 120): 0.6 * 242 + 5.6 * 52 - 0.6 * 52 = 405.2
+    assert table["hypervolume"].tolist() == pytest.approx([531.2, 405.2])
     assert "data:image/png;base64," in (out / "compare.html").read_text()
     with pytest.raises(HybridlabError, match="different objectives"):
         compare(["a", "single"], results_dir=tmp_path)
