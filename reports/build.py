@@ -20,6 +20,7 @@ import hybridlab
 from hybridlab.atomic import atomic_write
 from hybridlab.errors import HybridlabError
 from hybridlab.metrics import Objective
+from reports.ablation import ablation_csv, ablation_frame, ablation_table
 from reports.figures import to_png, to_svg
 from reports.html import Page
 from reports.hypervolume import history, reference_point
@@ -27,20 +28,19 @@ from reports.load import StudyData, load_study, mask_url
 from reports.pareto import aggregate, finished_rows
 from reports.plots import pareto_plot
 from reports.ranking_plots import hypervolume_plot, ranking_plot
+from reports.summary import findings
 from reports.tables import (
-    ablation_csv,
-    ablation_frame,
-    ablation_table,
     architecture_csv,
     architecture_table,
     fmt_metric,
     header,
     unfinished_table,
 )
+from reports.uncertainty import best_of
 from studies.table import state_counts
 
-REPORT_FILES = ("pareto.png", "pareto.svg", "ranking.png", "ranking.svg", "hypervolume.png", "table.md",
-                "table.csv", "ablation.md", "ablation.csv", "report.html")
+REPORT_FILES = ("pareto.png", "pareto.svg", "ranking.png", "ranking.svg", "hypervolume.png", "summary.md",
+                "table.md", "table.csv", "ablation.md", "ablation.csv", "report.html")
 Echo = Callable[[str], None]
 
 
@@ -107,20 +107,28 @@ def write_report(data: StudyData, folder: Path, echo: Echo | None = None) -> lis
                    "Hypervolume of the front after each finished trial; the reference point is written on the plot.")
         page.figure("Hypervolume" if len(objectives) > 1 else "Best value so far", files["hypervolume.png"], caption)
 
-    table = architecture_table(arch, objectives)
+    abl, default = None, None
+    if data.ablation is not None:
+        default = data.ablation.get("default_label")
+        default = str(default) if default else None
+        abl = ablation_frame(frame, objectives, default, data.ablation.get("names"))
+    said = findings(frame, arch, objectives, abl, default)
+    if said:
+        files["summary.md"] = (f"# {name}: what the data can tell\n\n" + "".join(f"- {s}\n" for s in said)).encode()
+        page.bullets("What the data can tell", said)
+
+    table = architecture_table(arch, objectives, frame)
     files["table.md"] = f"# {name}: architectures\n\n{table.to_markdown()}".encode()
     files["table.csv"] = architecture_csv(arch).to_csv(index=False).encode()
     page.table("Architectures", table, "One row per architecture (trials grouped by arch_hash), sorted by Pareto "
                "rank, then by the first objective.")
 
-    if data.ablation is not None:
-        default = data.ablation.get("default_label")
-        default = str(default) if default else None
-        abl = ablation_frame(frame, objectives, default, data.ablation.get("names"))
+    if abl is not None:
         atable = ablation_table(abl, objectives, default)
         files["ablation.md"] = f"# {name}: ablation\n\n{atable.to_markdown()}".encode()
         files["ablation.csv"] = ablation_csv(abl).to_csv(index=False).encode()
-        page.table("Ablation", atable, "One row per variant (label), mean ± std over seeds.")
+        page.table("Ablation", atable, "One row per variant (label): mean [95% interval] over seeds, and the paired "
+                   "difference to the default row.")
 
     pending_table = unfinished_table(frame)
     if pending_table.rows:
@@ -195,12 +203,11 @@ def _cards(frame: pd.DataFrame, arch: pd.DataFrame, objectives: Sequence[Objecti
     cards.append(("architectures", str(len(arch))))
     if len(arch) and len(objectives) > 1:
         cards.append(("on the front", str(int((arch["rank"] == 1).sum()))))
-    if len(arch):
+    best, tied = best_of(arch, objectives[0]) if len(arch) else (None, 0)
+    if best is not None:
         o = objectives[0]
-        col = arch[f"{o.name}_mean"].astype(float).dropna()
-        if len(col):
-            best = col.max() if o.maximize else col.min()
-            cards.append((f"best {o.name}", fmt_metric(o.name, best)))
+        value = fmt_metric(o.name, best[f"{o.name}_mean"])
+        cards.append((f"best {o.name}", f"{value} (tied with {tied})" if tied else value))
     return cards
 
 

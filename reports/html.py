@@ -72,6 +72,10 @@ class Page:
         body = table.to_html() if table.rows else "<p>(none)</p>"
         self.sections.append(f"<h2>{html.escape(heading)}</h2>\n{text}<div class=\"scroll\">{body}</div>")
 
+    def bullets(self, heading: str, items: Sequence[str]) -> None:
+        body = "".join(f"<li>{html.escape(item)}</li>" for item in items)
+        self.sections.append(f"<h2>{html.escape(heading)}</h2>\n<ul>{body}</ul>")
+
     def mapping(self, heading: str, values: Mapping[str, Any], empty: str = "not recorded") -> None:
         rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(_value(v))}</td></tr>"
                        for k, v in _flatten(values))

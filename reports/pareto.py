@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from hybridlab.metrics import METRICS, Objective
+from reports.uncertainty import mark_ties, metric_interval, noisy_flag
 
 
 def to_minimization(values: np.ndarray, objectives: Sequence[Objective]) -> np.ndarray:
@@ -82,14 +83,18 @@ def aggregate(frame: pd.DataFrame, objectives: Sequence[Objective], by: str = "a
     """One row per architecture: mean/std/n over seeds of each metric, and its Pareto rank.
 
     Columns: key, pattern, family, label, is_baseline, feasible, n, seeds, trials, `<metric>_mean`,
-    `<metric>_std` (sample std, NaN for one seed), rank (float; NaN when not ranked). Candidates and
-    baselines are ranked together (feasible ones with every objective known).
+    `<metric>_std` (sample std, NaN for one seed), `<metric>_lo`/`_hi` (95% interval, see
+    `reports.uncertainty`), `<metric>_boot_lo`/`_boot_hi` (seed figures), noisy and noisy_reason (when the
+    trials carry them), rank (float; NaN when not ranked), tied, tied_with, resolved. Candidates and
+    baselines are ranked together (feasible ones with every objective known); ranks use the means, and
+    `tied` marks a dominated architecture whose intervals cannot separate it from a front point.
     """
     done = finished_rows(frame)
     names = [m for m in dict.fromkeys([*(o.name for o in objectives), *METRICS]) if m in done.columns]
     if done.empty:
         cols = ["key", "pattern", "family", "label", "is_baseline", "feasible", "n", "seeds", "trials", "first_trial"]
-        cols += [f"{m}_{s}" for m in names for s in ("mean", "std")] + ["rank"]
+        cols += [f"{m}_{s}" for m in names for s in ("mean", "std", "lo", "hi")] + ["rank", "tied", "tied_with",
+                                                                                   "resolved"]
         return pd.DataFrame(columns=cols)
     done = done.assign(_key=arch_key(done, by)).sort_values("number", kind="stable")
     feasible = done["feasible"] if "feasible" in done.columns else pd.Series(True, index=done.index)
@@ -112,10 +117,13 @@ def aggregate(frame: pd.DataFrame, objectives: Sequence[Objective], by: str = "a
             values = pd.to_numeric(group[m], errors="coerce").astype(float).dropna()
             record[f"{m}_mean"] = float(values.mean()) if len(values) else np.nan
             record[f"{m}_std"] = float(values.std(ddof=1)) if len(values) > 1 else np.nan
+            record.update({f"{m}_{k}": v for k, v in metric_interval(group, m).items()})
+        if "noisy" in group.columns:
+            record["noisy"], record["noisy_reason"] = noisy_flag(group)
         records.append(record)
     arch = pd.DataFrame.from_records(records)
     arch["rank"] = rank_architectures(arch, objectives)
-    return sort_architectures(arch, objectives)
+    return sort_architectures(mark_ties(arch, objectives), objectives)
 
 
 def rankable(arch: pd.DataFrame, objectives: Sequence[Objective]) -> pd.Series:

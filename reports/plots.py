@@ -45,10 +45,21 @@ def staircase(xs: np.ndarray, ys: np.ndarray, x_max: bool, y_max: bool) -> tuple
     return np.asarray(vx), np.asarray(vy)
 
 
-def _errors(mean: np.ndarray, std: np.ndarray, log: bool) -> np.ndarray:
-    std = np.nan_to_num(np.asarray(std, float), nan=0.0)
-    lower = np.minimum(std, 0.9 * np.abs(mean)) if log else std
-    return np.vstack([lower, std])
+def _errors(mean: np.ndarray, lo: np.ndarray, hi: np.ndarray, log: bool) -> np.ndarray:
+    """Asymmetric error bars from interval bounds; none where unknown; on a log axis the bar stays above 0."""
+    mean = np.asarray(mean, float)
+    lower = np.nan_to_num(mean - np.asarray(lo, float), nan=0.0).clip(min=0.0)
+    upper = np.nan_to_num(np.asarray(hi, float) - mean, nan=0.0).clip(min=0.0)
+    if log:
+        lower = np.minimum(lower, 0.9 * np.abs(mean))
+    return np.vstack([lower, upper])
+
+
+def _bounds(rows: pd.DataFrame, name: str) -> tuple[np.ndarray, np.ndarray]:
+    nan = np.full(len(rows), np.nan)
+    lo = rows[f"{name}_lo"].astype(float).to_numpy() if f"{name}_lo" in rows else nan
+    hi = rows[f"{name}_hi"].astype(float).to_numpy() if f"{name}_hi" in rows else nan
+    return lo, hi
 
 
 def pareto_plot(arch: pd.DataFrame, objectives: Sequence[Objective], title: str) -> Figure:
@@ -89,6 +100,12 @@ def pareto_plot(arch: pd.DataFrame, objectives: Sequence[Objective], title: str)
             handles.append(Line2D([], [], ls="", marker="o", markersize=8, markerfacecolor="none",
                                   markeredgecolor="black", label="on the front" if len(objectives) == 2
                                   else f"front ({len(objectives)} objectives)"))
+        tied = data[data["tied"].astype(bool)] if "tied" in data.columns else data.iloc[0:0]
+        if len(tied):
+            ax.scatter(tied[f"{ox.name}_mean"].astype(float), tied[f"{oy.name}_mean"].astype(float), s=70,
+                       facecolors="none", edgecolors="0.45", linewidths=1.1, linestyles="--", zorder=4)
+            handles.append(Line2D([], [], ls="", marker="o", markersize=8, markerfacecolor="none",
+                                  markeredgecolor="0.45", label="tied with the front"))
         infeasible = data[~data["feasible"].astype(bool)]
         if len(infeasible):
             handles.append(Line2D([], [], ls="", marker="o", markersize=7, markerfacecolor="white",
@@ -113,14 +130,19 @@ def pareto_plot(arch: pd.DataFrame, objectives: Sequence[Objective], title: str)
         if handles:
             ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
                       title="pattern family", alignment="left")
-        caption = "Each point is one architecture: mean over seeds, bars ±1 std."
+        lines = ["Each point is one architecture (mean over seeds); bars are 95% intervals, none where unknown "
+                 "(one seed, or no recorded measurement spread)."]
+        if len(tied):
+            lines.append("Grey rings: dominated on the means, but tied with a front point (their intervals overlap "
+                         "on every objective).")
         if len(objectives) > 2:
-            caption += (f" Front over {len(objectives)} objectives (also "
-                        + ", ".join(f"{o.direction} {o.name}" for o in objectives[2:]) + "), shown in the first two.")
-        if len(base):
-            caption += " Baselines (black) take part in the front as reference points."
-        if note:
-            caption += " " + note
+            lines.append(f"Front over {len(objectives)} objectives (also "
+                         + ", ".join(f"{o.direction} {o.name}" for o in objectives[2:]) + "), shown in the first two.")
+        tail = " ".join(t for t in ("Baselines (black) take part in the front as reference points." if len(base) else "",
+                                    note) if t)
+        if tail:
+            lines.append(tail)
+        caption = "\n".join(lines)
         ax.text(0.0, -0.13, caption, transform=ax.transAxes, fontsize=8.5, color="0.3", va="top", ha="left")
         if data.empty:
             ax.text(0.5, 0.5, "no finished architecture with both objectives", transform=ax.transAxes,
@@ -143,10 +165,8 @@ def _points(ax, rows: pd.DataFrame, ox: Objective, oy: Objective, log: bool, col
             size: float = 42, alpha: float = 0.9) -> None:
     x = rows[f"{ox.name}_mean"].astype(float).to_numpy()
     y = rows[f"{oy.name}_mean"].astype(float).to_numpy()
-    xs = rows[f"{ox.name}_std"].astype(float).to_numpy() if f"{ox.name}_std" in rows else np.zeros(len(rows))
-    ys = rows[f"{oy.name}_std"].astype(float).to_numpy() if f"{oy.name}_std" in rows else np.zeros(len(rows))
-    ax.errorbar(x, y, xerr=_errors(x, xs, log), yerr=_errors(y, ys, False), fmt="none", ecolor=color,
-                elinewidth=0.9, alpha=0.55, zorder=2)
+    ax.errorbar(x, y, xerr=_errors(x, *_bounds(rows, ox.name), log), yerr=_errors(y, *_bounds(rows, oy.name), False),
+                fmt="none", ecolor=color, elinewidth=0.9, alpha=0.55, zorder=2)
     feasible = rows["feasible"].astype(bool).to_numpy()
     if feasible.any():
         ax.scatter(x[feasible], y[feasible], s=size, color=[color], marker=marker, alpha=alpha,

@@ -27,7 +27,7 @@ from reports.labels import pattern_labels, shorten
 
 
 def ranking_plot(arch: pd.DataFrame, objective: Objective, title: str, limit: int = 40) -> Figure:
-    """Architectures ranked by the objective (best on top), mean ± std over seeds, coloured by family."""
+    """Architectures ranked by the objective (best on top), mean and 95% interval over seeds, coloured by family."""
     col = f"{objective.name}_mean"
     data = arch[np.isfinite(arch[col].astype(float))].copy() if col in arch else arch.iloc[0:0]
     data["_score"] = data[col].astype(float) * objective.sign if len(data) else []
@@ -49,7 +49,8 @@ def ranking_plot(arch: pd.DataFrame, objective: Objective, title: str, limit: in
         b = 0
         for i, (_, row) in enumerate(data.iterrows()):
             mean = float(row[col])
-            std = float(row.get(f"{objective.name}_std", np.nan))
+            lo, hi = float(row.get(f"{objective.name}_lo", np.nan)), float(row.get(f"{objective.name}_hi", np.nan))
+            bar = [[0.0 if math.isnan(lo) else max(mean - lo, 0.0)], [0.0 if math.isnan(hi) else max(hi - mean, 0.0)]]
             if row["is_baseline"]:
                 color, marker = BASELINE_COLOR, BASELINE_MARKERS[b % len(BASELINE_MARKERS)]
                 b += 1
@@ -60,7 +61,7 @@ def ranking_plot(arch: pd.DataFrame, objective: Objective, title: str, limit: in
                 color, marker = styles[fam]
                 family_handles.setdefault(fam, Line2D([], [], ls="", marker=marker, color=color, markersize=7,
                                                       label=fam))
-            ax.errorbar([mean], [i], xerr=[[0 if math.isnan(std) else std]] * 2, fmt="none", ecolor=color,
+            ax.errorbar([mean], [i], xerr=bar, fmt="none", ecolor=color,
                         elinewidth=1.2, alpha=0.7)
             ax.scatter([mean], [i], s=55, color=[color], marker=marker, zorder=3,
                        facecolors=None if row["feasible"] else "white")
@@ -73,7 +74,7 @@ def ranking_plot(arch: pd.DataFrame, objective: Objective, title: str, limit: in
         if handles:
             ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
                       title="pattern family", alignment="left")
-        caption = f"Best first; mean over seeds, bars ±1 std.{' ' + note if note else ''}"
+        caption = f"Best first; mean over seeds, bars: 95% intervals (none with one seed).{' ' + note if note else ''}"
         if len(arch) > n:
             caption += f" Showing the best {n} of {len(arch)}."
         ax.text(0.0, -0.6 / max(n, 3) - 0.08, caption, transform=ax.transAxes, fontsize=8.5, color="0.3",

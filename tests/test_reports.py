@@ -12,10 +12,12 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
+from scipy import stats as sps
 
 from hybridlab.cli import main as cli_main
 from hybridlab.errors import ConfigError, HybridlabError
 from hybridlab.metrics import Objective
+from reports.ablation import ablation_frame, ablation_table
 from reports.build import build_report
 from reports.comparison import compare
 from reports.demo import make_frame, write_demo_study, write_study_folder
@@ -25,7 +27,7 @@ from reports.labels import pattern_labels, shorten
 from reports.load import load_study, mask_url, scrub, url_secrets
 from reports.pareto import aggregate, dominates, nondominated_ranks, pareto_mask, to_minimization
 from reports.plots import pareto_plot
-from reports.tables import ablation_frame, ablation_table, architecture_table, fmt_metric
+from reports.tables import architecture_table, fmt_metric
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 MAX2 = [Objective("top1", "maximize"), Objective("throughput_img_s", "maximize")]
@@ -135,12 +137,17 @@ def test_architecture_table_units_and_order():
     ])
     table = architecture_table(aggregate(frame, MAX2), MAX2)
     assert table.columns == ["Rank", "Pattern", "Family", "Params (M)", "MACs (G)", "FLOPs (G)",
-                             "Throughput (img/s)", "Latency (ms)", "Top-1 (%)", "n"]
+                             "Throughput (img/s)", "Latency (ms)", "Top-1 (%)", "n", "Resolved"]
     first, second = table.rows
     assert first[:6] == ["1", "C | M*2", "f", "31.8", "4.52", "9.10"]
-    assert first[8] == "71.62 ± 0.54" and first[9] == "2"
-    assert first[6] == "1,267 ± 46"
-    assert second[0] == "2" and second[3] == "0.0523" and second[8] == "60.00"
+    lo, hi = sps.t.interval(0.95, 1, loc=np.mean([71.234, 72.0]), scale=sps.sem([71.234, 72.0]))
+    assert first[8] == f"71.62 [{lo:.2f}, {hi:.2f}]" and first[9] == "2"
+    lo, hi = sps.t.interval(0.95, 1, loc=np.mean([1234.5, 1300.0]), scale=sps.sem([1234.5, 1300.0]))
+    assert first[6] == f"1267 [{lo:.0f}, {hi:.0f}]"  # two separate measurements: an interval over them
+    assert second[0] == "2" and second[3] == "0.0523" and second[8] == "60.00"  # one seed: no interval
+    # C | A*2 has one seed (no top-1 interval), but its one throughput measurement (100) lies outside the
+    # front point's throughput interval: separated
+    assert first[10] == "yes" and second[10] == "yes"
     md = table.to_markdown()
     assert "| 1 | C \\| M*2 | f |" in md  # pipes in patterns are escaped for Markdown
     assert fmt_metric("top1", float("nan")) == "–"
@@ -155,11 +162,13 @@ def test_ablation_table_differences_to_the_default_row():
     ])
     abl = ablation_frame(frame, MAX2, "attn_last_half", {"no_attn": "Mamba only"})
     assert abl["label"].tolist() == ["attn_last_half", "attn_first_half", "no_attn"]
-    assert abl["delta_top1"].tolist() == pytest.approx([0.0, -1.5, -3.0])
-    assert abl["delta_throughput_img_s_pct"].tolist() == pytest.approx([0.0, 10.0, 50.0])
+    # top-1 is compared seed by seed: seed 0 is the only seed both rows have (79.5 - 80, 78 - 80)
+    assert abl["delta_top1"].tolist() == pytest.approx([0.0, -0.5, -2.0]) and abl["paired_n"].tolist() == [2, 1, 1]
+    assert abl["delta_throughput_img_s_pct"].tolist() == pytest.approx([0.0, 10.0, 50.0])  # from the means
     table = ablation_table(abl, MAX2, "attn_last_half")
     assert [r[0] for r in table.rows] == ["attn_last_half (default)", "attn_first_half", "Mamba only"]
-    assert table.rows[1][-2:] == ["−1.50", "+10.0"]
+    assert table.columns[-4:] == ["Δ Top-1 (pp)", "Resolved", "Seeds to resolve", "Δ Throughput (%)"]
+    assert table.rows[1][-4:] == ["−0.50", "no (one pair)", "–", "+10.0"]  # one pair: no spread, nothing resolved
     ordered = ablation_frame(frame, MAX2, None, ["no_attn", "attn_first_half"])
     assert ordered["label"].tolist() == ["no_attn", "attn_first_half", "attn_last_half"]
 
@@ -219,7 +228,8 @@ def demo_report(tmp_path_factory) -> Path:
 def test_report_writes_every_file(demo_report):
     assert demo_report.name == "report" and demo_report.parent.name == "demo"
     names = sorted(p.name for p in demo_report.iterdir())
-    assert names == ["hypervolume.png", "pareto.png", "pareto.svg", "report.html", "table.csv", "table.md"]
+    assert names == ["hypervolume.png", "pareto.png", "pareto.svg", "report.html", "summary.md", "table.csv",
+                     "table.md"]
     for name in ("pareto.png", "hypervolume.png"):
         assert (demo_report / name).read_bytes().startswith(PNG_MAGIC)
     svg = (demo_report / "pareto.svg").read_text()
@@ -238,7 +248,8 @@ def test_report_html_is_self_contained_with_images_tables_and_masked_secrets(dem
     assert base64.b64decode(images[1]) == (demo_report / "hypervolume.png").read_bytes()
     trials = pd.read_csv(demo_report.parent / "trials.csv")  # the expected cell, from the data itself
     deep = trials[(trials["pattern"] == "C | C*3 | M*6 A*6 | M*2 A*2") & (trials["state"] == "COMPLETE")]["top1"]
-    cell = f"{statistics.mean(deep):.2f} ± {statistics.stdev(deep):.2f}"
+    lo, hi = sps.t.interval(0.95, len(deep) - 1, loc=statistics.mean(deep), scale=sps.sem(deep))
+    cell = f"{statistics.mean(deep):.2f} [{lo:.2f}, {hi:.2f}]"
     assert "<table" in page and "C | C*3 | M*6 A*6 | M*2 A*2" in page and cell in page
     assert "Unfinished trials" in page and "CUDA out of memory at batch 64" in page and "RUNNING" in page
     assert "batch_size" in page and "torch" in page  # measurement profile and environment
@@ -301,7 +312,8 @@ def test_single_objective_study_gets_a_ranking_plot(tmp_path):
     _study_folder(tmp_path, "single", frame, objectives=[{"name": "top1", "direction": "maximize"}])
     out = build_report("single", results_dir=tmp_path)
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["hypervolume.png", "ranking.png", "ranking.svg", "report.html", "table.csv", "table.md"]
+    assert names == ["hypervolume.png", "ranking.png", "ranking.svg", "report.html", "summary.md", "table.csv",
+                     "table.md"]
     assert pd.read_csv(out / "table.csv")["rank"].tolist() == [1, 2, 3]
     # a later multi-objective run into the same folder removes the stale ranking files
     (tmp_path / "single" / "manifest.json").write_text(json.dumps({"study": "single"}))
