@@ -166,7 +166,9 @@ def architecture_table(arch: pd.DataFrame, objectives: Sequence[Objective], fram
             row.append(("yes: " + r["noisy_reason"] if r["noisy_reason"] else "yes") if bool(r["noisy"]) else "")
         rows.append(row)
     notes = ["Rank: non-dominated sorting on the per-architecture means "
-             f"({', '.join(f'{o.direction} {o.name}' for o in objectives)}); rank 1 is the Pareto front."]
+             f"({', '.join(f'{o.direction} {o.name}' for o in objectives)}); rank 1 is the Pareto front. Only the "
+             "front is checked against the intervals (Resolved); ranks beyond it order the means, not resolved "
+             "differences."]
     shown = [m for m in metrics if not (METRICS.get(m) and METRICS[m].dtype == "int")]  # counts are exact
     sources: dict[str, list[str]] = {}
     for m in shown if frame is not None else []:
