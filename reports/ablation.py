@@ -67,7 +67,36 @@ def ablation_frame(frame: pd.DataFrame, objectives: Sequence[Objective], default
     metric = paired_metric(frame, objectives)
     if metric is not None and len(base):
         _add_paired(by_label, frame, metric, str(default_label))
+    if "delta_throughput_img_s_pct" in by_label.columns and len(base):
+        _add_relative_throughput(by_label, frame, str(default_label))
     return by_label
+
+
+def _add_relative_throughput(abl: pd.DataFrame, frame: pd.DataFrame, default_label: str) -> None:
+    """Δ throughput from `throughput_rel` (measured side by side with the reference row) when recorded: a
+    ratio taken in one session survives a busy machine better than two absolute figures."""
+    if "throughput_rel" not in frame.columns:
+        return
+    done = finished_rows(frame)
+    done = done[~done["is_baseline"].astype(bool)]
+    cols = {c: pd.to_numeric(done[c], errors="coerce").astype(float) if c in done.columns else None
+            for c in ("throughput_rel", "throughput_rel_lo", "throughput_rel_hi")}
+    rel = cols["throughput_rel"]
+    if rel is None or not rel.notna().any():
+        return
+    by = {lab: (float(rel[idx].mean()),
+                float(cols["throughput_rel_lo"][idx].min()) if cols["throughput_rel_lo"] is not None else np.nan,
+                float(cols["throughput_rel_hi"][idx].max()) if cols["throughput_rel_hi"] is not None else np.nan)
+          for lab, idx in done.groupby("label").groups.items() if rel[idx].notna().any()}
+    if default_label not in by or not by[default_label][0]:
+        return
+    ref = by[default_label][0]
+    pct = [(by[lab][0] / ref - 1) * 100 if lab in by else np.nan for lab in abl["label"]]
+    lo = [(by[lab][1] / ref - 1) * 100 if lab in by and lab != default_label else np.nan for lab in abl["label"]]
+    hi = [(by[lab][2] / ref - 1) * 100 if lab in by and lab != default_label else np.nan for lab in abl["label"]]
+    abl["delta_throughput_img_s_pct"] = pct
+    abl["delta_throughput_img_s_pct_lo"], abl["delta_throughput_img_s_pct_hi"] = lo, hi
+    abl["throughput_from"] = "throughput_rel"
 
 
 def _seed_values(frame: pd.DataFrame, label: str, metric: str) -> dict[int, float]:
@@ -168,7 +197,7 @@ def ablation_table(abl: pd.DataFrame, objectives: Sequence[Objective], default_l
                 row.append(_fmt_delta(r[c], unit, is_default, r.get(f"{c}_lo"), r.get(f"{c}_hi")))
                 row += [DASH, DASH] if is_default else [_fmt_resolved(r), _fmt_needed(r["seeds_needed"])]
             else:
-                row.append(_fmt_delta(r[c], unit, is_default))
+                row.append(_fmt_delta(r[c], unit, is_default, r.get(f"{c}_lo"), r.get(f"{c}_hi")))
         rows.append(row)
     return Table(columns, rows, align, ablation_notes(abl, default_label))
 
@@ -187,6 +216,9 @@ def ablation_notes(abl: pd.DataFrame, default_label: str | None) -> list[str]:
     unit = "pp" if power.metric in PERCENT else ""
     notes.append(f"Δ {name}: mean paired difference over the seeds both rows have, with its 95% t-interval; "
                  "Resolved: the interval excludes 0. Other Δ: from the means (measurements are not paired by seed).")
+    if "throughput_from" in abl.columns:
+        notes.append("Δ Throughput: from throughput_rel, the ratio to the reference row measured side by side in one "
+                     "session, with its recorded interval.")
     if not np.isfinite(power.sd):
         notes.append(f"No row has two seeds in common with the default, so the seed spread is unknown and no "
                      f"{name} difference can be resolved: run at least 2 seeds per variant (3 or more to size them).")
@@ -241,5 +273,5 @@ def _missing(value: Any) -> bool:
 def ablation_csv(abl: pd.DataFrame) -> pd.DataFrame:
     first = ["name", "label", "pattern", "n", "seeds", "trials"]
     stats = [c for c in abl.columns if c.endswith(("_mean", "_std", "_lo", "_hi")) or c.startswith("delta_")]
-    extra = [c for c in ("paired_metric", "paired_n", "resolved", "seeds_needed") if c in abl.columns]
+    extra = [c for c in ("paired_metric", "paired_n", "resolved", "seeds_needed", "throughput_from") if c in abl.columns]
     return abl[[c for c in first if c in abl.columns] + list(dict.fromkeys(stats)) + extra].reset_index(drop=True)

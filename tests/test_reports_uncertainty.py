@@ -123,3 +123,17 @@ def test_ablation_states_resolution_mdd_and_seeds_needed():
     assert f"minimum detectable difference is {power.mdd:.2f} pp" in notes and "Resolved 1 of 2 variants" in notes
     said = " ".join(findings(frame, aggregate(frame, MAX2), MAX2, abl.reset_index(), "default"))
     assert "1 of 2 variants differ from the default (default)" in said and "v2 (+0.17 pp:" in said
+
+
+def test_ablation_throughput_comes_from_the_side_by_side_ratio():
+    from reports.ablation import ablation_frame, ablation_table
+
+    rows = [{"pattern": "C | d", "label": "default", "seed": 0, "top1": 80.0, "throughput_img_s": 300.0,
+             "throughput_rel": 1.0, "throughput_rel_lo": 1.0, "throughput_rel_hi": 1.0},
+            {"pattern": "C | v", "label": "v", "seed": 0, "top1": 79.0, "throughput_img_s": 150.0,  # a busy moment
+             "throughput_rel": 1.20, "throughput_rel_lo": 1.15, "throughput_rel_hi": 1.26}]
+    abl = ablation_frame(make_frame(rows), MAX2, "default")
+    assert abl["delta_throughput_img_s_pct"].tolist() == pytest.approx([0.0, 20.0])
+    table = ablation_table(abl, MAX2, "default")
+    assert table.rows[1][-1] == "+20.0 [+15.0, +26.0]"
+    assert any("throughput_rel" in n for n in table.notes)
