@@ -115,7 +115,7 @@ def write_report(data: StudyData, folder: Path, echo: Echo | None = None) -> lis
     said = findings(frame, arch, objectives, abl, default)
     if said:
         files["summary.md"] = (f"# {name}: what the data can tell\n\n" + "".join(f"- {s}\n" for s in said)).encode()
-        page.bullets("What the data can tell", said)
+        page.bullets("What the data can tell", said, first=True)
 
     table = architecture_table(arch, objectives, frame)
     files["table.md"] = f"# {name}: architectures\n\n{table.to_markdown()}".encode()

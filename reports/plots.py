@@ -207,6 +207,9 @@ def compare_plot(studies: Sequence[tuple[str, pd.DataFrame]], objectives: Sequen
                 if len(objectives) == 2:
                     sx, sy = staircase(fx, fy, ox.maximize, oy.maximize)
                     ax.plot(sx, sy, color=color, lw=1.6, zorder=3)
+                ax.errorbar(fx, fy, xerr=_errors(fx, *_bounds(front, ox.name), log),
+                            yerr=_errors(fy, *_bounds(front, oy.name), False), fmt="none", ecolor=color,
+                            elinewidth=0.9, alpha=0.6, zorder=3)
                 cand = ~front["is_baseline"].astype(bool).to_numpy()
                 ax.scatter(fx[cand], fy[cand], s=55, color=[color], marker=marker, edgecolors="black", linewidths=0.6,
                            zorder=4)
@@ -223,7 +226,8 @@ def compare_plot(studies: Sequence[tuple[str, pd.DataFrame]], objectives: Sequen
         label_axes(ax, ox, oy, title, log, xs_all)
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
                   title="study", alignment="left")
-        caption = "Lines: each study's Pareto front (architecture means over seeds); faint points: dominated architectures."
+        caption = ("Lines: each study's Pareto front (architecture means over seeds, bars: 95% intervals); faint "
+                   "points: dominated architectures.")
         if any_baseline:
             caption += "\nBaselines (X) take part in their study's front as reference points."
         ax.text(0.0, -0.13, caption, transform=ax.transAxes, fontsize=8.5, color="0.3", va="top", ha="left")
