@@ -126,21 +126,30 @@ def _from_folder(folder: Path, study: str | None = None) -> StudyData:
 
 
 def _live_url(folder: Path, manifest: dict[str, Any], has_table: bool) -> str | None:
-    """The storage URL to read a study folder from, when it can be opened from here.
+    """The storage URL to read a study folder from: a SQLite or journal file inside the folder (the manifest's,
+    else the folder's study.db).
 
-    The manifest's storage when it is a SQLite or journal file that exists (its URL carries no password),
-    else the folder's own study.db. A server URL in the manifest has its password masked, so it cannot be
-    reopened: the table is read instead (the report then says where live states are).
+    A storage outside the folder is not followed: a copied study folder (say, committed under docs/) must
+    report what it holds, not the original's later state; the page names that storage for live states.
+    Without a table, the folder's study.db is read whatever the manifest says.
     """
     stored = manifest.get("storage")
     if isinstance(stored, str) and stored:
         path = sqlite_path(stored) or (journal_path(stored) if is_journal(stored) else None)
-        if path is not None and path.is_file():
+        if path is not None and path.is_file() and _inside(path, folder):
             return stored
-        if path is None and has_table:
-            return None
     own = folder / DB_NAME
-    return f"sqlite:///{own.resolve()}" if own.is_file() else None
+    stored_elsewhere = isinstance(stored, str) and stored and not _inside(sqlite_path(stored) or Path("/"), folder)
+    if own.is_file() and (not has_table or not stored_elsewhere):
+        return f"sqlite:///{own.resolve()}"
+    return None
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        return path.resolve().parent == folder.resolve()
+    except OSError:
+        return False
 
 
 def _from_storage(url: str, study_name: str | None, results_dir: Path, folder: Path | None = None) -> StudyData:

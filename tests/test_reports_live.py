@@ -57,13 +57,27 @@ def test_running_trial_is_running_in_every_form(tmp_path):
     assert data.folder == folder and data.manifest["study"] == "live"
 
 
-def test_journal_storage_named_in_the_manifest_is_read_live(tmp_path):
-    journal = tmp_path / "elsewhere" / "live.log"
-    journal.parent.mkdir()
+def test_journal_storage_in_the_study_folder_is_read_live(tmp_path):
     folder = tmp_path / "results" / "live"
-    _running_study(folder, f"journal:///{journal}")
+    _running_study(folder, f"journal:///{folder / 'study.log'}")
     data = load_study("live", results_dir=tmp_path / "results")
     assert _states(data) == ["COMPLETE", "COMPLETE", "RUNNING"] and data.folder == folder
+
+
+def test_a_copied_study_folder_reports_its_own_table(tmp_path):
+    # a folder copied elsewhere (e.g. committed under docs/) keeps a manifest naming the original storage:
+    # the report shows what the copy holds, and says where live states are
+    original = tmp_path / "results" / "live"
+    url = f"sqlite:///{(original / 'study.db').resolve()}"
+    original.mkdir(parents=True)
+    _running_study(original, url)
+    copy = tmp_path / "docs" / "live"
+    copy.mkdir(parents=True)
+    for name in ("trials.csv", "manifest.json"):
+        (copy / name).write_bytes((original / name).read_bytes())
+    data = load_study(str(copy))
+    assert _states(data) == ["COMPLETE", "COMPLETE", "WAITING"] and data.folder == copy
+    assert any(url in note for note in data.notes)
 
 
 def test_unreachable_storage_falls_back_to_the_table_and_says_so(tmp_path, capsys):
