@@ -103,7 +103,7 @@ def mark_ties(arch: pd.DataFrame, objectives: Sequence[Objective]) -> pd.DataFra
                     tied_with[j] += 1
     arch["tied"] = tied
     arch["tied_with"] = tied_with
-    ranked = arch["rank"].notna() if n else pd.Series([], dtype=bool)
+    ranked = arch["rank"].notna() & (len(objectives) >= 2) if n else pd.Series([], dtype=bool)  # one objective: no front
     arch["resolved"] = pd.array([bool(tw == 0) if r else pd.NA for r, tw in zip(ranked, tied_with)], dtype="boolean")
     return arch
 
