@@ -12,8 +12,12 @@ __all__ = ["build_report", "compare"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from reports import build
+    if name == "build_report":
+        from reports.build import build_report
 
-        return getattr(build, name)
+        return build_report
+    if name == "compare":
+        from reports.comparison import compare
+
+        return compare
     raise AttributeError(f"module 'reports' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""Build a study's report folder, and compare several studies.
+"""Build a study's report folder (several studies side by side: `reports.comparison`).
 
 `build_report` writes into `<results-dir>/<study>/report/` by default:
 pareto.png/.svg (multi-objective) or ranking.png/.svg (single objective), hypervolume.png,
@@ -10,37 +10,37 @@ from __future__ import annotations
 
 import html as html_lib
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 import hybridlab
+from hybridlab.atomic import atomic_write
 from hybridlab.errors import HybridlabError
-from reports import plots
+from hybridlab.metrics import Objective
+from reports.ablation import ablation_csv, ablation_frame, ablation_table
+from reports.figures import to_png, to_svg
 from reports.html import Page
-from reports.hypervolume import history, hypervolume, reference_point
-from reports.load import Objective, StudyData, load_study, mask_url
-from reports.pareto import aggregate, finished_rows, to_minimization
+from reports.hypervolume import history, reference_point
+from reports.load import StudyData, load_study, mask_url
+from reports.pareto import aggregate, finished_rows
+from reports.plots import pareto_plot
+from reports.ranking_plots import hypervolume_plot, ranking_plot
+from reports.summary import findings
 from reports.tables import (
-    Table,
-    ablation_csv,
-    ablation_frame,
-    ablation_table,
     architecture_csv,
     architecture_table,
     fmt_metric,
     header,
     unfinished_table,
 )
+from reports.uncertainty import best_of
 from studies.table import state_counts
 
-REPORT_FILES = ("pareto.png", "pareto.svg", "ranking.png", "ranking.svg", "hypervolume.png", "table.md",
-                "table.csv", "ablation.md", "ablation.csv", "report.html")
-COMPARE_FILES = ("compare.png", "compare.svg", "compare.md", "compare.csv", "compare.html")
+REPORT_FILES = ("pareto.png", "pareto.svg", "ranking.png", "ranking.svg", "hypervolume.png", "summary.md",
+                "table.md", "table.csv", "ablation.md", "ablation.csv", "report.html")
 Echo = Callable[[str], None]
 
 
@@ -79,18 +79,21 @@ def write_report(data: StudyData, folder: Path, echo: Echo | None = None) -> lis
     if unfinished and not arch.empty:
         page.alerts.append(f"{unfinished} of {len(frame)} trials are not finished (running, waiting, failed or "
                            "pruned): they are listed below and not plotted.")
+    page.alerts += [data.scrub(note) for note in data.notes]
 
     ranked = arch[arch["rank"].notna()] if len(arch) else arch
     title = f"{name}: {len(arch)} architecture{'s' if len(arch) != 1 else ''}"
     if len(objectives) >= 2 and len(ranked):
         n_front = int((arch["rank"] == 1).sum())
-        fig = plots.pareto_plot(arch, objectives, f"{title}, {n_front} on the Pareto front")
-        files["pareto.png"], files["pareto.svg"] = plots.to_png(fig), plots.to_svg(fig)
+        n_base = int(((arch["rank"] == 1) & arch["is_baseline"].astype(bool)).sum())
+        fig = pareto_plot(arch, objectives, f"{title}, {n_front} on the Pareto front"
+                          + (f" ({n_base} baseline{'s' if n_base > 1 else ''})" if n_base else ""))
+        files["pareto.png"], files["pareto.svg"] = to_png(fig), to_svg(fig)
         page.figure("Pareto front", files["pareto.png"],
                     f"{header(objectives[0].name)} against {header(objectives[1].name)}; the vector version is pareto.svg.")
     elif len(objectives) == 1 and len(arch):
-        fig = plots.ranking_plot(arch, objectives[0], f"{title}, ranked by {objectives[0].name}")
-        files["ranking.png"], files["ranking.svg"] = plots.to_png(fig), plots.to_svg(fig)
+        fig = ranking_plot(arch, objectives[0], f"{title}, ranked by {objectives[0].name}")
+        files["ranking.png"], files["ranking.svg"] = to_png(fig), to_svg(fig)
         page.figure("Ranking", files["ranking.png"], "Single-objective study: architectures ranked by the objective.")
 
     if len(arch):
@@ -98,26 +101,34 @@ def write_report(data: StudyData, folder: Path, echo: Echo | None = None) -> lis
         reference, rule = reference_point(finished_rows(candidates), objectives, data.manifest)
         hist = history(frame, objectives, reference)
         label = "best value so far" if len(objectives) == 1 else "hypervolume"
-        fig = plots.hypervolume_plot(hist, objectives, reference, rule, f"{name}: {label} by trial")
-        files["hypervolume.png"] = plots.to_png(fig)
+        fig = hypervolume_plot(hist, objectives, reference, rule, f"{name}: {label} by trial")
+        files["hypervolume.png"] = to_png(fig)
         caption = ("Best architecture mean after each finished trial." if len(objectives) == 1 else
                    "Hypervolume of the front after each finished trial; the reference point is written on the plot.")
         page.figure("Hypervolume" if len(objectives) > 1 else "Best value so far", files["hypervolume.png"], caption)
 
-    table = architecture_table(arch, objectives)
+    abl, default = None, None
+    if data.ablation is not None:
+        default = data.ablation.get("default_label")
+        default = str(default) if default else None
+        abl = ablation_frame(frame, objectives, default, data.ablation.get("names"))
+    said = findings(frame, arch, objectives, abl, default)
+    if said:
+        files["summary.md"] = (f"# {name}: what the data can tell\n\n" + "".join(f"- {s}\n" for s in said)).encode()
+        page.bullets("What the data can tell", said, first=True)
+
+    table = architecture_table(arch, objectives, frame)
     files["table.md"] = f"# {name}: architectures\n\n{table.to_markdown()}".encode()
     files["table.csv"] = architecture_csv(arch).to_csv(index=False).encode()
     page.table("Architectures", table, "One row per architecture (trials grouped by arch_hash), sorted by Pareto "
                "rank, then by the first objective.")
 
-    if data.ablation is not None:
-        default = data.ablation.get("default_label")
-        default = str(default) if default else None
-        abl = ablation_frame(frame, objectives, default, data.ablation.get("names"))
+    if abl is not None:
         atable = ablation_table(abl, objectives, default)
         files["ablation.md"] = f"# {name}: ablation\n\n{atable.to_markdown()}".encode()
         files["ablation.csv"] = ablation_csv(abl).to_csv(index=False).encode()
-        page.table("Ablation", atable, "One row per variant (label), mean ± std over seeds.")
+        page.table("Ablation", atable, "One row per variant (label): mean [95% interval] over seeds, and the paired "
+                   "difference to the default row.")
 
     pending_table = unfinished_table(frame)
     if pending_table.rows:
@@ -128,7 +139,7 @@ def write_report(data: StudyData, folder: Path, echo: Echo | None = None) -> lis
     page.preformatted("Study file (study.yaml)", data.study_yaml, "no study.yaml next to the trials")
     names = sorted(files) + ["report.html"]
     page.files(names)
-    files["report.html"] = page.render(scrub=_html_scrub(data)).encode("utf-8")
+    files["report.html"] = page.render(scrub=html_scrub(data)).encode("utf-8")
 
     write_files(folder, files, REPORT_FILES, data.scrub)
     if message:
@@ -160,32 +171,13 @@ def write_files(folder: Path, files: dict[str, bytes], managed: Sequence[str], s
     for fname, blob in sorted(files.items()):
         if fname.endswith((".md", ".csv")):
             blob = scrub(blob.decode("utf-8")).encode("utf-8")
-        _atomic_bytes(folder / fname, blob)
+        atomic_write(folder / fname, blob)
     for fname in managed:
         if fname not in files and (folder / fname).exists():
             (folder / fname).unlink()
 
 
-def _atomic_bytes(path: Path, blob: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(blob)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; report files are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _html_scrub(data: StudyData) -> Callable[[str], str]:
+def html_scrub(data: StudyData) -> Callable[[str], str]:
     escaped = tuple(html_lib.escape(s) for s in data.secrets)
 
     def scrub(text: str) -> str:
@@ -196,9 +188,13 @@ def _html_scrub(data: StudyData) -> Callable[[str], str]:
     return scrub
 
 
+def goals(objectives: Sequence[Objective]) -> str:
+    return ", ".join(f"{o.direction} {o.name}" for o in objectives)
+
+
 def _subtitle(data: StudyData) -> str:
-    goals = ", ".join(f"{o.direction} {o.name}" for o in data.objectives)
-    return f"Source: {data.scrub(data.source)} · objectives: {goals} · hybridlab {hybridlab.__version__}"
+    goals_text = goals(data.objectives)
+    return f"Source: {data.scrub(data.source)} · objectives: {goals_text} · hybridlab {hybridlab.__version__}"
 
 
 def _cards(frame: pd.DataFrame, arch: pd.DataFrame, objectives: Sequence[Objective],
@@ -207,12 +203,11 @@ def _cards(frame: pd.DataFrame, arch: pd.DataFrame, objectives: Sequence[Objecti
     cards.append(("architectures", str(len(arch))))
     if len(arch) and len(objectives) > 1:
         cards.append(("on the front", str(int((arch["rank"] == 1).sum()))))
-    if len(arch):
+    best, tied = best_of(arch, objectives[0]) if len(arch) else (None, 0)
+    if best is not None:
         o = objectives[0]
-        col = arch[f"{o.name}_mean"].astype(float).dropna()
-        if len(col):
-            best = col.max() if o.maximize else col.min()
-            cards.append((f"best {o.name}", fmt_metric(o.name, best)))
+        value = fmt_metric(o.name, best[f"{o.name}_mean"])
+        cards.append((f"best {o.name}", f"{value} (tied with {tied})" if tied else value))
     return cards
 
 
@@ -222,93 +217,5 @@ def _study_info(data: StudyData) -> dict[str, Any]:
         if key in data.manifest:
             value = data.manifest[key]
             info[key] = mask_url(value) if key == "storage" and isinstance(value, str) else value
-    info["objectives"] = ", ".join(f"{o.direction} {o.name}" for o in data.objectives)
+    info["objectives"] = goals(data.objectives)
     return info
-
-
-# -- compare ---------------------------------------------------------------------------------------
-def compare(sources: Sequence[Any], results_dir: str | os.PathLike[str] = "results",
-            out: str | os.PathLike[str] | None = None, echo: Echo | None = None) -> Path:
-    """Fronts of several studies on one plot plus a small table; return the output folder.
-
-    The studies must share their objectives; hypervolumes use one reference point computed from all of
-    them with the rule of `reports.hypervolume.reference_point`.
-    """
-    say = echo or (lambda _msg: None)
-    if len(sources) < 2:
-        raise HybridlabError("compare needs at least two studies")
-    loaded = [load_study(s, results_dir=results_dir) for s in sources]
-    names = [d.name for d in loaded]
-    if len(set(names)) != len(names):
-        dup = sorted({n for n in names if names.count(n) > 1})
-        raise HybridlabError(f"study {dup[0]!r} is given twice")
-    objectives = loaded[0].objectives
-    for d in loaded[1:]:
-        if d.objectives != objectives:
-            raise HybridlabError(
-                f"studies {loaded[0].name!r} and {d.name!r} have different objectives "
-                f"({_goals(objectives)} vs {_goals(d.objectives)}); compare needs the same ones")
-    if len(objectives) < 2:
-        raise HybridlabError("compare plots Pareto fronts and needs at least two objectives")
-    for d in loaded:
-        check_objectives(d)
-    archs = [(d.name, aggregate(d.frame, objectives)) for d in loaded]
-    empty = [n for n, a in archs if a.empty]
-    if len(empty) == len(archs):
-        raise HybridlabError(f"no finished trial in any of the studies {', '.join(names)}")
-    folder = Path(out) if out is not None else Path(results_dir) / ("compare-" + "-vs-".join(names))
-    pooled = pd.concat([finished_rows(d.frame) for d in loaded], ignore_index=True)
-    pooled_candidates = pooled[~pooled["is_baseline"].astype(bool)] if (~pooled["is_baseline"].astype(bool)).any() else pooled
-    reference, rule = reference_point(pooled_candidates, objectives, loaded[0].manifest)
-
-    table, raw = _compare_table(loaded, archs, objectives, reference)
-    fig = plots.compare_plot(archs, objectives, "Pareto fronts: " + ", ".join(names))
-    files = {"compare.png": plots.to_png(fig), "compare.svg": plots.to_svg(fig)}
-    ref_text = ", ".join(f"{o.name} = {v:.4g}" for o, v in zip(objectives, reference))
-    note = f"Hypervolume reference point: {ref_text} ({rule}), the same for every study."
-    table.notes.append(note)
-    files["compare.md"] = f"# Comparison: {', '.join(names)}\n\n{table.to_markdown()}".encode()
-    files["compare.csv"] = raw.to_csv(index=False).encode()
-    page = Page(title=f"Comparison: {', '.join(names)}", subtitle=f"objectives: {_goals(objectives)}")
-    if empty:
-        page.alerts.append(f"No finished trial yet in: {', '.join(empty)}.")
-    page.figure("Pareto fronts", files["compare.png"], "Each study's front; faint points are dominated architectures.")
-    page.table("Studies", table)
-    page.files(sorted(files) + ["compare.html"])
-    secrets = tuple(s for d in loaded for s in d.secrets)
-    scrubber = _html_scrub(StudyData(name="", frame=pd.DataFrame(), objectives=[], secrets=secrets))
-    files["compare.html"] = page.render(scrub=scrubber).encode("utf-8")
-    write_files(folder, files, COMPARE_FILES, scrubber)
-    say(f"wrote the comparison of {', '.join(repr(n) for n in names)} to {folder}")
-    return folder
-
-
-def _goals(objectives: Sequence[Objective]) -> str:
-    return ", ".join(f"{o.direction} {o.name}" for o in objectives)
-
-
-def _compare_table(loaded: Sequence[StudyData], archs: Sequence[tuple[str, pd.DataFrame]],
-                   objectives: Sequence[Objective], reference: np.ndarray) -> tuple[Table, pd.DataFrame]:
-    """Per study: finished trials, architectures, front size, best value of each objective, hypervolume."""
-    records = []
-    ref_min = to_minimization(reference, objectives)[0]
-    for d, (name, arch) in zip(loaded, archs):
-        ranked = arch[arch["rank"].notna()] if len(arch) else arch
-        record: dict[str, Any] = {"study": name, "finished_trials": len(finished_rows(d.frame)),
-                                  "architectures": len(arch), "on_front": int((ranked["rank"] == 1).sum())}
-        for o in objectives:
-            col = ranked[f"{o.name}_mean"].astype(float).dropna() if len(ranked) else pd.Series([], dtype=float)
-            record[f"best_{o.name}"] = float(col.max() if o.maximize else col.min()) if len(col) else np.nan
-        volume = np.nan
-        if len(ranked) and np.all(np.isfinite(ref_min)):
-            points = np.column_stack([ranked[f"{o.name}_mean"].astype(float) for o in objectives])
-            volume = hypervolume(to_minimization(points, objectives), ref_min)
-        record["hypervolume"] = volume
-        records.append(record)
-    raw = pd.DataFrame.from_records(records)
-    columns = ["Study", "Finished trials", "Architectures", "On front"]
-    columns += [f"Best {header(o.name)}" for o in objectives] + ["Hypervolume"]
-    rows = [[r["study"], str(r["finished_trials"]), str(r["architectures"]), str(r["on_front"])]
-            + [fmt_metric(o.name, r[f"best_{o.name}"]) for o in objectives]
-            + ["–" if np.isnan(r["hypervolume"]) else f"{r['hypervolume']:.4g}"] for r in records]
-    return Table(columns, rows, ["l"] + ["r"] * (len(columns) - 1)), raw

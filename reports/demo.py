@@ -83,6 +83,32 @@ def demo_frame(seed: int = 0, n_running: int = 2, n_failed: int = 2, single_obje
     return normalize_frame(frame)
 
 
+def make_frame(rows: list[dict]) -> pd.DataFrame:
+    """A trials table from a few fields per row (number, COMPLETE and seed 0 by default; arch_hash from the
+    pattern); the other documented columns are left empty, as the study runner leaves them."""
+    full = []
+    for i, row in enumerate(rows):
+        row = {"number": i, "state": "COMPLETE", "seed": 0, **row}
+        if "arch_hash" not in row and "pattern" in row:
+            row["arch_hash"] = "h-" + row["pattern"]
+        full.append(row)
+    return normalize_frame(pd.DataFrame.from_records(full))
+
+
+def write_study_folder(root: str | Path, name: str, frame: pd.DataFrame, objectives: list | None = None,
+                       study_yaml: str | None = None, **manifest) -> Path:
+    """A study folder `root/name` holding `frame` as trials.csv, a manifest and a study file."""
+    folder = Path(root) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(folder / "trials.csv", index=False)
+    data = {"study": name, "objectives": objectives or [{"name": "top1", "direction": "maximize"},
+                                                        {"name": "throughput_img_s", "direction": "maximize"}],
+            "ablation": None, **manifest}
+    (folder / "manifest.json").write_text(json.dumps(data), encoding="utf-8")
+    (folder / "study.yaml").write_text(study_yaml if study_yaml is not None else f"name: {name}\n", encoding="utf-8")
+    return folder
+
+
 def _hash(pattern: str) -> str:
     import hashlib
 

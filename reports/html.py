@@ -72,6 +72,11 @@ class Page:
         body = table.to_html() if table.rows else "<p>(none)</p>"
         self.sections.append(f"<h2>{html.escape(heading)}</h2>\n{text}<div class=\"scroll\">{body}</div>")
 
+    def bullets(self, heading: str, items: Sequence[str], first: bool = False) -> None:
+        """A list of sentences; `first` puts it before every other section (what a reader must see first)."""
+        body = "".join(f"<li>{html.escape(item)}</li>" for item in items)
+        self.sections.insert(0 if first else len(self.sections), f"<h2>{html.escape(heading)}</h2>\n<ul>{body}</ul>")
+
     def mapping(self, heading: str, values: Mapping[str, Any], empty: str = "not recorded") -> None:
         rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(_value(v))}</td></tr>"
                        for k, v in _flatten(values))

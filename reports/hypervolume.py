@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from hybridlab.errors import ConfigError
-from reports.load import Objective
+from hybridlab.metrics import Objective
 from reports.pareto import arch_key, finished_rows, pareto_mask, to_minimization
 
 MARGIN = 0.10
@@ -69,7 +69,7 @@ def reference_point(frame: pd.DataFrame, objectives: Sequence[Objective],
     manifest = manifest or {}
     given = manifest.get("reference_point")
     if given is not None:
-        values = _given_reference(given, objectives)
+        values = given_reference(given, objectives)
         return values, "reference point from manifest.json"
     done = finished_rows(frame)
     values = []
@@ -85,8 +85,9 @@ def reference_point(frame: pd.DataFrame, objectives: Sequence[Objective],
     return np.asarray(values, dtype=float), "worst single-trial value of each objective, 10 % of its range further out"
 
 
-def _given_reference(given: Any, objectives: Sequence[Objective]) -> np.ndarray:
-    where = "manifest.json: reference_point"
+def given_reference(given: Any, objectives: Sequence[Objective],
+                    where: str = "manifest.json: reference_point") -> np.ndarray:
+    """A reference point given by the user: a list in objective order or a mapping by name, finite numbers."""
     if isinstance(given, dict):
         missing = [o.name for o in objectives if o.name not in given]
         if missing:
@@ -99,9 +100,36 @@ def _given_reference(given: Any, objectives: Sequence[Objective]) -> np.ndarray:
     else:
         raise ConfigError("must be a list or an object keyed by objective name", where)
     try:
-        return np.asarray([float(v) for v in raw], dtype=float)
+        values = np.asarray([float(v) for v in raw], dtype=float)
     except (TypeError, ValueError):
         raise ConfigError(f"values must be numbers, got {raw}", where) from None
+    if not np.all(np.isfinite(values)):
+        raise ConfigError(f"values must be finite numbers, got {raw}", where)
+    return values
+
+
+def check_reference(reference: Sequence[float], studies: Sequence[tuple[str, pd.DataFrame]],
+                    objectives: Sequence[Objective], where: str) -> None:
+    """A reference point must be worse than every finished candidate trial in each objective's direction.
+
+    A point beyond it adds nothing to the hypervolume, so a reference inside the data would hide part of
+    a front without saying so. Baselines do not count (they are not in the hypervolume).
+    """
+    for o, ref in zip(objectives, np.asarray(reference, dtype=float)):
+        worst: tuple[float, str] | None = None
+        for name, frame in studies:
+            done = finished_rows(frame)
+            done = done[~done["is_baseline"].astype(bool)]
+            col = pd.to_numeric(done[o.name], errors="coerce").astype(float).dropna() if o.name in done else None
+            if col is None or col.empty:
+                continue
+            value = float(col.min() if o.maximize else col.max())
+            if worst is None or (value < worst[0] if o.maximize else value > worst[0]):
+                worst = (value, name)
+        if worst is not None and not (ref < worst[0] if o.maximize else ref > worst[0]):
+            side = "below" if o.maximize else "above"
+            raise ConfigError(f"{o.name} = {ref:g} is not worse than every point ({o.direction}: it must be {side} "
+                              f"{o.name} = {worst[0]:g} in study {worst[1]!r})", where)
 
 
 def history(frame: pd.DataFrame, objectives: Sequence[Objective], reference: Sequence[float]) -> pd.DataFrame:

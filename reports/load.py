@@ -15,34 +15,17 @@ from typing import Any
 import pandas as pd
 
 from hybridlab.errors import ConfigError, HybridlabError
+from hybridlab.metrics import DEFAULT_OBJECTIVES, Objective, parse_objectives
 from hybridlab.urls import mask_password as mask_url
 from hybridlab.urls import scrub, url_secrets
+from studies.storage import is_journal, journal_path, root_cause, sqlite_path
 from studies.storage import open_storage as _open_storage
-from studies.storage import root_cause, sqlite_path
 from studies.table import CSV_NAME, read_trials, trials_frame
 
 MANIFEST_NAME = "manifest.json"
 STUDY_FILE_NAME = "study.yaml"
 DB_NAME = "study.db"
-DIRECTIONS = ("maximize", "minimize")
-DEFAULT_OBJECTIVES: tuple[tuple[str, str], ...] = (("top1", "maximize"), ("throughput_img_s", "maximize"))
-
-
-@dataclass(frozen=True)
-class Objective:
-    """One objective column and whether larger or smaller is better."""
-
-    name: str
-    direction: str = "maximize"
-
-    @property
-    def maximize(self) -> bool:
-        return self.direction == "maximize"
-
-    @property
-    def sign(self) -> float:
-        """Multiply by this to turn the objective into one to minimise."""
-        return -1.0 if self.maximize else 1.0
+LIVE_STATES = ("RUNNING", "WAITING")
 
 
 @dataclass
@@ -57,6 +40,7 @@ class StudyData:
     source: str = ""  # where it came from, password masked
     folder: Path | None = None  # the study's results folder (default parent of the report)
     secrets: tuple[str, ...] = ()  # raw passwords seen in URLs, removed from every output
+    notes: list[str] = field(default_factory=list)  # what the reader should know about the source (shown on the page)
 
     def scrub(self, text: str) -> str:
         """Mask passwords in any URL in `text` and any raw secret we know of."""
@@ -104,29 +88,71 @@ def load_study(source: Any, results_dir: str | Path = "results", study: str | No
 
 
 def _from_folder(folder: Path, study: str | None = None) -> StudyData:
+    """A study folder: the live storage when it can be opened from here, else the `trials.csv` snapshot.
+
+    The runner rewrites trials.csv after each finished trial, so while a study runs the table lags the
+    storage (a trial that started since shows as WAITING); reading the storage keeps every form right.
+    """
     manifest = read_manifest(folder)
-    study_yaml = _read_text(folder / STUDY_FILE_NAME)
-    name = str(manifest.get("study") or folder.name)
     csv = folder / CSV_NAME
-    if csv.exists():
+    live = _live_url(folder, manifest, has_table=csv.exists())
+    fallback = ""
+    if live is not None:
         try:
-            frame = read_trials(csv)
-        except pd.errors.EmptyDataError:
-            frame = read_trials_empty()
-        except (OSError, ValueError, pd.errors.ParserError) as exc:
-            raise HybridlabError(f"cannot read {csv}: {_first_line(exc)}") from None
-        data = StudyData(name=name, frame=frame, objectives=[], manifest=manifest, study_yaml=study_yaml,
-                         source=str(csv), folder=folder)
-        data.objectives = objectives_for(data.manifest, frame)
-        return data
-    if (folder / DB_NAME).exists():
-        data = _from_storage(f"sqlite:///{(folder / DB_NAME).resolve()}", study or manifest.get("study"), folder.parent)
-        data.folder = folder
-        return data
-    raise HybridlabError(f"{folder}: no {CSV_NAME} or {DB_NAME} in this study folder (has the study run?)")
+            return _from_storage(live, study or manifest.get("study"), folder.parent, folder=folder)
+        except HybridlabError as exc:
+            if not csv.exists():
+                raise
+            fallback = f"the storage could not be read ({exc}), so "
+    if not csv.exists():
+        raise HybridlabError(f"{folder}: no {CSV_NAME} or {DB_NAME} in this study folder (has the study run?)")
+    try:
+        frame = read_trials(csv)
+    except pd.errors.EmptyDataError:
+        frame = read_trials_empty()
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise HybridlabError(f"cannot read {csv}: {_first_line(exc)}") from None
+    name = str(manifest.get("study") or folder.name)
+    data = StudyData(name=name, frame=frame, objectives=[], manifest=manifest,
+                     study_yaml=_read_text(folder / STUDY_FILE_NAME), source=str(csv), folder=folder)
+    data.objectives = objectives_for(data.manifest, frame)
+    if fallback or frame["state"].isin(LIVE_STATES).any():
+        stored = manifest.get("storage")
+        where = f" ({mask_url(stored)})" if isinstance(stored, str) and stored else ""
+        data.notes.append(f"Trial states come from trials.csv, which the study rewrites after each finished trial; "
+                          f"{fallback}a trial started since shows as waiting. For live states, report from the "
+                          f"study's storage URL{where}.")
+    return data
 
 
-def _from_storage(url: str, study_name: str | None, results_dir: Path) -> StudyData:
+def _live_url(folder: Path, manifest: dict[str, Any], has_table: bool) -> str | None:
+    """The storage URL to read a study folder from: a SQLite or journal file inside the folder (the manifest's,
+    else the folder's study.db).
+
+    A storage outside the folder is not followed: a copied study folder (say, committed under docs/) must
+    report what it holds, not the original's later state; the page names that storage for live states.
+    Without a table, the folder's study.db is read whatever the manifest says.
+    """
+    stored = manifest.get("storage")
+    if isinstance(stored, str) and stored:
+        path = sqlite_path(stored) or (journal_path(stored) if is_journal(stored) else None)
+        if path is not None and path.is_file() and _inside(path, folder):
+            return stored
+    own = folder / DB_NAME
+    stored_elsewhere = isinstance(stored, str) and stored and not _inside(sqlite_path(stored) or Path("/"), folder)
+    if own.is_file() and (not has_table or not stored_elsewhere):
+        return f"sqlite:///{own.resolve()}"
+    return None
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        return path.resolve().parent == folder.resolve()
+    except OSError:
+        return False
+
+
+def _from_storage(url: str, study_name: str | None, results_dir: Path, folder: Path | None = None) -> StudyData:
     import optuna
 
     secrets = url_secrets(url)
@@ -153,18 +179,18 @@ def _from_storage(url: str, study_name: str | None, results_dir: Path) -> StudyD
         study = optuna.load_study(study_name=study_name, storage=storage)
     except Exception as exc:  # noqa: BLE001
         raise HybridlabError(scrub(f"cannot load study {study_name!r} from {shown}: {_first_line(exc)}", secrets)) from None
-    data = _from_optuna(study, source=shown, results_dir=results_dir, secrets=secrets, url=url)
-    return data
+    return _from_optuna(study, source=shown, results_dir=results_dir, secrets=secrets, url=url, folder=folder)
 
 
 def _from_optuna(study: Any, source: str, results_dir: Path, secrets: tuple[str, ...] = (),
-                 url: str | None = None) -> StudyData:
-    """Frame from the storage; manifest and study file from the study folder when one is next to it."""
+                 url: str | None = None, folder: Path | None = None) -> StudyData:
+    """Frame from the storage; manifest and study file from `folder`, else from the study folder next to it."""
     frame = trials_frame(study)
-    folder = results_dir / study.study_name
-    local = sqlite_path(url) if url else None
-    if local is not None and (local.parent / MANIFEST_NAME).exists():
-        folder = local.parent
+    if folder is None:
+        folder = results_dir / study.study_name
+        local = sqlite_path(url) if url else None
+        if local is not None and (local.parent / MANIFEST_NAME).exists():
+            folder = local.parent
     manifest = read_manifest(folder) if folder.is_dir() else {}
     if manifest.get("study") not in (None, study.study_name):
         manifest = {}  # a different study's folder
@@ -204,30 +230,11 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     return data
 
 
-def parse_objectives(raw: Any, where: str = "manifest.json") -> list[Objective]:
-    """`[{"name": "top1", "direction": "maximize"}, ...]` (a bare name means maximize)."""
-    if not isinstance(raw, list) or not raw:
-        raise ConfigError("'objectives' must be a non-empty list", where)
-    out: list[Objective] = []
-    for i, item in enumerate(raw):
-        if isinstance(item, str):
-            item = {"name": item}
-        if not isinstance(item, dict) or not isinstance(item.get("name"), str) or not item["name"]:
-            raise ConfigError(f"objectives[{i}] needs a 'name'", where)
-        direction = str(item.get("direction", "maximize")).lower()
-        if direction not in DIRECTIONS:
-            raise ConfigError(f"objectives[{i}].direction must be maximize or minimize, got {direction!r}", where)
-        out.append(Objective(item["name"], direction))
-    names = [o.name for o in out]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"objectives repeat a name: {names}", where)
-    return out
-
-
 def objectives_for(manifest: dict[str, Any], frame: pd.DataFrame) -> list[Objective]:
+    """The manifest's objectives (names a newer or older harness recorded are kept), else the default pair."""
     if manifest.get("objectives"):
-        return parse_objectives(manifest["objectives"])
-    return [Objective(n, d) for n, d in DEFAULT_OBJECTIVES]
+        return parse_objectives(manifest["objectives"], where="manifest.json: objectives", known_only=False)
+    return parse_objectives(None)
 
 
 def _objectives_from_study(study: Any, frame: pd.DataFrame) -> list[Objective]:
@@ -236,7 +243,7 @@ def _objectives_from_study(study: Any, frame: pd.DataFrame) -> list[Objective]:
         names = list(study.metric_names or [])
     except Exception:  # noqa: BLE001
         names = []
-    defaults = [n for n, _ in DEFAULT_OBJECTIVES]
+    defaults = list(DEFAULT_OBJECTIVES)
     out: list[Objective] = []
     for i, direction in enumerate(directions):
         if i < len(names) and names[i]:
@@ -245,12 +252,34 @@ def _objectives_from_study(study: Any, frame: pd.DataFrame) -> list[Objective]:
             name = defaults[i]
         else:
             name = f"value_{i}"
-        out.append(Objective(name, direction))
+        out.append(Objective(name, direction))  # type: ignore[arg-type]
     return out
 
 
 def _has_data(frame: pd.DataFrame, column: str) -> bool:
     return column in frame.columns and bool(pd.to_numeric(frame[column], errors="coerce").notna().any())
+
+
+def study_setup(data: StudyData) -> dict[str, Any]:
+    """The dataset and image size a study trained on, from its manifest, else from its study file.
+
+    Keys `dataset` and `img_size`, None when not recorded (older results keep them in other places).
+    """
+    manifest = data.manifest
+    sections = [manifest.get("data"), manifest.get("measure"), manifest.get("train")]
+    if data.study_yaml:
+        import yaml
+
+        try:
+            parsed = yaml.safe_load(data.study_yaml)
+        except yaml.YAMLError:
+            parsed = None
+        if isinstance(parsed, dict):
+            sections += [parsed.get("data"), parsed.get("measure"), parsed.get("train")]
+    sections = [s for s in sections if isinstance(s, dict)]
+    dataset = next((s.get(k) for s in sections for k in ("name", "dataset") if s.get(k) is not None), None)
+    img_size = next((s["img_size"] for s in sections if s.get("img_size") is not None), None)
+    return {"dataset": dataset, "img_size": img_size}
 
 
 def read_trials_empty() -> pd.DataFrame:
@@ -264,8 +293,6 @@ def _read_text(path: Path) -> str | None:
         return path.read_text(encoding="utf-8") if path.is_file() else None
     except OSError:
         return None
-
-
 
 
 def open_storage(url: str) -> Any:

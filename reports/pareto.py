@@ -12,13 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from reports.load import Objective
-
-# Metrics averaged per architecture (besides the objectives); absent columns are skipped.
-METRICS: tuple[str, ...] = (
-    "top1", "top5", "val_loss", "params", "macs", "flops", "throughput_img_s", "latency_ms",
-    "latency_iqr_ms", "train_throughput_img_s", "peak_mem_mb", "train_time_s", "epochs",
-)
+from hybridlab.metrics import METRICS, Objective
+from reports.uncertainty import mark_ties, metric_interval, noisy_flag
 
 
 def to_minimization(values: np.ndarray, objectives: Sequence[Objective]) -> np.ndarray:
@@ -88,15 +83,18 @@ def aggregate(frame: pd.DataFrame, objectives: Sequence[Objective], by: str = "a
     """One row per architecture: mean/std/n over seeds of each metric, and its Pareto rank.
 
     Columns: key, pattern, family, label, is_baseline, feasible, n, seeds, trials, `<metric>_mean`,
-    `<metric>_std` (sample std, NaN for one seed), rank (float; NaN when not ranked). Candidates are
-    ranked among themselves (feasible ones with every objective known); baselines are ranked only when
-    the study has no candidate.
+    `<metric>_std` (sample std, NaN for one seed), `<metric>_lo`/`_hi` (95% interval, see
+    `reports.uncertainty`), `<metric>_boot_lo`/`_boot_hi` (seed figures), noisy and noisy_reason (when the
+    trials carry them), rank (float; NaN when not ranked), tied, tied_with, resolved. Candidates and
+    baselines are ranked together (feasible ones with every objective known); ranks use the means, and
+    `tied` marks a dominated architecture whose intervals cannot separate it from a front point.
     """
     done = finished_rows(frame)
     names = [m for m in dict.fromkeys([*(o.name for o in objectives), *METRICS]) if m in done.columns]
     if done.empty:
         cols = ["key", "pattern", "family", "label", "is_baseline", "feasible", "n", "seeds", "trials", "first_trial"]
-        cols += [f"{m}_{s}" for m in names for s in ("mean", "std")] + ["rank"]
+        cols += [f"{m}_{s}" for m in names for s in ("mean", "std", "lo", "hi")] + ["rank", "tied", "tied_with",
+                                                                                   "resolved"]
         return pd.DataFrame(columns=cols)
     done = done.assign(_key=arch_key(done, by)).sort_values("number", kind="stable")
     feasible = done["feasible"] if "feasible" in done.columns else pd.Series(True, index=done.index)
@@ -119,20 +117,25 @@ def aggregate(frame: pd.DataFrame, objectives: Sequence[Objective], by: str = "a
             values = pd.to_numeric(group[m], errors="coerce").astype(float).dropna()
             record[f"{m}_mean"] = float(values.mean()) if len(values) else np.nan
             record[f"{m}_std"] = float(values.std(ddof=1)) if len(values) > 1 else np.nan
+            record.update({f"{m}_{k}": v for k, v in metric_interval(group, m).items()})
+        if "noisy" in group.columns:
+            record["noisy"], record["noisy_reason"] = noisy_flag(group)
         records.append(record)
     arch = pd.DataFrame.from_records(records)
     arch["rank"] = rank_architectures(arch, objectives)
-    return sort_architectures(arch, objectives)
+    return sort_architectures(mark_ties(arch, objectives), objectives)
 
 
 def rankable(arch: pd.DataFrame, objectives: Sequence[Objective]) -> pd.Series:
-    """Architectures that take part in the Pareto ranking."""
+    """Architectures that take part in the Pareto ranking: feasible, with every objective known.
+
+    Baselines take part: they are the reference points a reader compares the search against, so a
+    candidate a baseline beats is not shown as on the front (tables and plots mark baselines as such).
+    """
     if arch.empty:
         return pd.Series(False, index=arch.index)
     known = np.all(np.isfinite(objective_matrix(arch, objectives)), axis=1)
-    ok = pd.Series(known, index=arch.index) & arch["feasible"].astype(bool)
-    candidates = ~arch["is_baseline"].astype(bool)
-    return ok & candidates if (ok & candidates).any() else ok
+    return pd.Series(known, index=arch.index) & arch["feasible"].astype(bool)
 
 
 def rank_architectures(arch: pd.DataFrame, objectives: Sequence[Objective]) -> pd.Series:
@@ -153,11 +156,13 @@ def objective_matrix(arch: pd.DataFrame, objectives: Sequence[Objective]) -> np.
 
 
 def sort_architectures(arch: pd.DataFrame, objectives: Sequence[Objective]) -> pd.DataFrame:
-    """Rank first (unranked last), then the first objective best-first, then the key: a total order."""
+    """Rank first (unranked last, baselines among them last), then the first objective best-first, then the
+    key: a total order. Ranked baselines stand among the candidates of their rank."""
     first = objectives[0]
     col = f"{first.name}_mean"
     score = arch[col].astype(float) * first.sign if col in arch.columns else pd.Series(0.0, index=arch.index)
-    order = arch.assign(_r=arch["rank"].fillna(np.inf), _s=score.fillna(np.inf), _b=arch["is_baseline"].astype(int))
+    unranked_baseline = arch["rank"].isna() & arch["is_baseline"].astype(bool)
+    order = arch.assign(_r=arch["rank"].fillna(np.inf), _s=score.fillna(np.inf), _b=unranked_baseline.astype(int))
     order = order.sort_values(["_b", "_r", "_s", "key"], kind="stable")
     return order.drop(columns=["_r", "_s", "_b"]).reset_index(drop=True)
 

@@ -1,4 +1,4 @@
-"""Paper tables: one row per architecture, the ablation table, the unfinished trials.
+"""Paper tables: one row per architecture and the unfinished trials (the ablation table: `reports.ablation`).
 
 Each table is built once as text cells (`Table`) and written as Markdown and HTML from the same cells;
 the CSV files keep full precision in separate mean/std columns for further analysis.
@@ -12,31 +12,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from reports.load import Objective
-from reports.pareto import aggregate
+from hybridlab.metrics import METRICS, Objective, display_name
+from reports.uncertainty import interval_source
 
 DASH = "–"
 
-# Known metrics: display name, scale, unit suffix for the header.
-NICE: dict[str, tuple[str, float, str]] = {
-    "top1": ("Top-1 (%)", 1.0, ""),
-    "top5": ("Top-5 (%)", 1.0, ""),
-    "val_loss": ("Val. loss", 1.0, ""),
-    "params": ("Params (M)", 1e6, ""),
-    "macs": ("MACs (G)", 1e9, ""),
-    "flops": ("FLOPs (G)", 1e9, ""),
-    "throughput_img_s": ("Throughput (img/s)", 1.0, ""),
-    "latency_ms": ("Latency (ms)", 1.0, ""),
-    "latency_iqr_ms": ("Latency IQR (ms)", 1.0, ""),
-    "train_throughput_img_s": ("Train throughput (img/s)", 1.0, ""),
-    "peak_mem_mb": ("Peak memory (MB)", 1.0, ""),
-    "train_time_s": ("Train time (s)", 1.0, ""),
-    "epochs": ("Epochs", 1.0, ""),
-}
-ACCURACY = ("top1", "top5")
+# Percent figures (accuracies): two decimals, differences in percentage points.
+PERCENT: tuple[str, ...] = tuple(n for n, m in METRICS.items() if m.display.endswith("(%)"))
+FIXED_DECIMALS: tuple[str, ...] = (*PERCENT, "val_loss")
 
 
 @dataclass
@@ -98,24 +83,54 @@ def fmt_metric(name: str, mean: Any, std: Any = None) -> str:
     """A metric in its readable unit; accuracies get `mean ± std` with two decimals."""
     if _missing(mean):
         return DASH
-    scale = NICE.get(name, ("", 1.0, ""))[1]
-    if name in ACCURACY or name == "val_loss":
+    metric = METRICS.get(name)
+    scale = metric.scale if metric else 1.0
+    if name in FIXED_DECIMALS:
         text = f"{float(mean):.2f}"
         return text if _missing(std) else f"{text} ± {float(std):.2f}"
     text = fmt_sig(mean, scale)
-    if name in ("params", "macs", "flops", "epochs") or _missing(std):
+    if (metric is not None and metric.dtype == "int") or _missing(std):
         return text
     decimals = len(text.split(".")[1]) if "." in text else 0
     return f"{text} ± {float(std) / scale:,.{decimals}f}"
 
 
+def fmt_interval(name: str, mean: Any, lo: Any, hi: Any) -> str:
+    """`mean [lo, hi]` in the metric's readable unit (no thousands separators inside); the mean alone when
+    there is no interval."""
+    if _missing(mean):
+        return DASH
+    if _missing(lo) or _missing(hi):
+        return fmt_metric(name, mean)
+    metric = METRICS.get(name)
+    scale = metric.scale if metric else 1.0
+    if name in FIXED_DECIMALS:
+        decimals = 2
+    else:
+        text = fmt_sig(mean, scale)
+        decimals = len(text.split(".")[1]) if "." in text else 0
+    m, a, b = (float(v) / scale for v in (mean, lo, hi))
+    return f"{m:.{decimals}f} [{a:.{decimals}f}, {b:.{decimals}f}]"
+
+
+def fmt_resolved(row: pd.Series) -> str:
+    """Whether the intervals support the row's place: on the front, or dominated."""
+    if _missing(row.get("rank")) or "resolved" not in row.index or row["resolved"] is pd.NA:
+        return DASH
+    if bool(row["resolved"]):
+        return "yes"
+    if row["rank"] == 1:
+        return f"no ({int(row['tied_with'])} tied)"
+    return "no (tied with front)"
+
+
 def header(name: str) -> str:
-    return NICE.get(name, (name, 1.0, ""))[0]
+    return display_name(name)
 
 
 def fmt_rank(rank: Any, baseline: bool) -> str:
-    if baseline and _missing(rank):
-        return "baseline"
+    if baseline:
+        return "baseline" if _missing(rank) else f"{int(rank)} (baseline)"
     return DASH if _missing(rank) else str(int(rank))
 
 
@@ -123,111 +138,66 @@ def fmt_rank(rank: Any, baseline: bool) -> str:
 TABLE_METRICS = ("params", "macs", "flops", "throughput_img_s", "latency_ms", "top1")
 
 
-def architecture_table(arch: pd.DataFrame, objectives: Sequence[Objective]) -> Table:
-    """Rank, pattern, family, params, MACs, FLOPs, img/s, latency, top-1 mean ± std, n (+ other objectives)."""
+def architecture_table(arch: pd.DataFrame, objectives: Sequence[Objective], frame: pd.DataFrame | None = None) -> Table:
+    """Rank, pattern, family, params, MACs, FLOPs, img/s, latency, top-1 as mean [95% interval], n, resolved
+    (+ other objectives; a bootstrap column where some architecture has 5+ seeds; noisy when recorded)."""
     metrics = [m for m in TABLE_METRICS if f"{m}_mean" in arch.columns]
     metrics += [o.name for o in objectives if o.name not in metrics and f"{o.name}_mean" in arch.columns]
-    columns = ["Rank", "Pattern", "Family"] + [header(m) for m in metrics] + ["n"]
-    align = ["r", "l", "l"] + ["r"] * len(metrics) + ["r"]
+    boot = next((o.name for o in objectives if f"{o.name}_boot_lo" in arch.columns
+                 and arch[f"{o.name}_boot_lo"].notna().any()), None)
+    multi = len(objectives) >= 2
+    noisy = "noisy" in arch.columns and bool(arch["noisy"].fillna(False).astype(bool).any())
+    columns = ["Rank", "Pattern", "Family"] + [header(m) for m in metrics]
+    columns += [f"{header(boot).split(' (')[0]} bootstrap 95%"] if boot else []
+    columns += ["n"] + (["Resolved"] if multi else []) + (["Noisy"] if noisy else [])
+    align = ["r", "l", "l"] + ["r"] * (len(columns) - 3)
     rows = []
     for _, r in arch.iterrows():
         name = r["pattern"] or r["label"] or r["key"]
-        rows.append([fmt_rank(r["rank"], bool(r["is_baseline"])), name, r["family"] or DASH]
-                    + [fmt_metric(m, r[f"{m}_mean"], r.get(f"{m}_std")) for m in metrics] + [str(int(r["n"]))])
+        row = [fmt_rank(r["rank"], bool(r["is_baseline"])), name, r["family"] or DASH]
+        row += [fmt_interval(m, r[f"{m}_mean"], r.get(f"{m}_lo"), r.get(f"{m}_hi")) for m in metrics]
+        if boot:
+            lo, hi = r.get(f"{boot}_boot_lo"), r.get(f"{boot}_boot_hi")
+            row.append(DASH if _missing(lo) else f"[{float(lo):.2f}, {float(hi):.2f}]")
+        row.append(str(int(r["n"])))
+        if multi:
+            row.append(fmt_resolved(r))
+        if noisy:
+            row.append(("yes: " + r["noisy_reason"] if r["noisy_reason"] else "yes") if bool(r["noisy"]) else "")
+        rows.append(row)
     notes = ["Rank: non-dominated sorting on the per-architecture means "
-             f"({', '.join(f'{o.direction} {o.name}' for o in objectives)}); rank 1 is the Pareto front.",
-             "Accuracy and speed are mean ± sample std over seeds (n); ± is omitted when n = 1."]
+             f"({', '.join(f'{o.direction} {o.name}' for o in objectives)}); rank 1 is the Pareto front. Only the "
+             "front is checked against the intervals (Resolved); ranks beyond it order the means, not resolved "
+             "differences."]
+    shown = [m for m in metrics if not (METRICS.get(m) and METRICS[m].dtype == "int")]  # counts are exact
+    sources: dict[str, list[str]] = {}
+    for m in shown if frame is not None else []:
+        sources.setdefault(interval_source(frame, m), []).append(header(m))
+    notes.append("Figures are mean [95% interval]; a seed figure has no interval with one seed."
+                 + "".join(f" {', '.join(names)}: {source}." for source, names in sources.items()))
+    if multi:
+        notes.append("Resolved: whether the intervals support the row's place. A dominated architecture whose "
+                     "intervals overlap a front point's on every objective is tied with the front (no); a front "
+                     "point with tied architectures is not resolved either.")
     if (~arch["feasible"].astype(bool)).any() if len(arch) else False:
         notes.append("Architectures violating a constraint are not ranked (–).")
+    if arch["is_baseline"].astype(bool).any() if len(arch) else False:
+        notes.append("Baselines take part in the ranking as reference points, marked (baseline); a candidate a "
+                     "baseline beats is not on the front. The hypervolume counts searched candidates only.")
+    if noisy:
+        notes.append("Noisy: the throughput was measured under contention (the reason is given); treat it with care.")
     return Table(columns, rows, align, notes)
 
 
 def architecture_csv(arch: pd.DataFrame) -> pd.DataFrame:
-    """The CSV twin of the table: full precision, means and stds in their own columns."""
+    """The CSV twin of the table: full precision; means, stds and interval bounds in their own columns."""
     first = ["rank", "pattern", "family", "label", "is_baseline", "feasible", "n", "seeds", "trials", "key"]
-    stats = [c for c in arch.columns if c.endswith("_mean") or c.endswith("_std")]
-    out = arch[[c for c in first if c in arch.columns] + stats].copy()
+    stats = [c for c in arch.columns if c.endswith(("_mean", "_std", "_lo", "_hi"))]
+    extra = [c for c in ("tied", "tied_with", "resolved", "noisy", "noisy_reason") if c in arch.columns]
+    out = arch[[c for c in first if c in arch.columns] + stats + extra].copy()
     out = out.rename(columns={"key": "arch_hash"})
     out["rank"] = pd.array([None if _missing(v) else int(v) for v in out["rank"]], dtype="Int64")
     return out
-
-
-# -- ablation table --------------------------------------------------------------------------------
-ABLATION_METRICS = ("params", "macs", "throughput_img_s", "top1")
-
-
-def ablation_frame(frame: pd.DataFrame, objectives: Sequence[Objective], default_label: str | None,
-                   names: Any = None) -> pd.DataFrame:
-    """One row per label (default first, then in order of the first trial), with differences to the default.
-
-    `names` (manifest `ablation.names`) is either a mapping label -> row name, or a list giving the row order.
-    """
-    by_label = aggregate(frame, objectives, by="label")
-    by_label = by_label[~by_label["is_baseline"].astype(bool)] if len(by_label) else by_label
-    if by_label.empty:
-        return by_label.assign(name=pd.Series([], dtype=object))
-    order = {str(n): i for i, n in enumerate(names)} if isinstance(names, (list, tuple)) else {}
-    by_label = by_label.assign(_o=[order.get(lab, len(order)) for lab in by_label["label"]])
-    by_label = by_label.sort_values(["_o", "first_trial", "key"], kind="stable").drop(columns="_o")
-    rename = {str(k): str(v) for k, v in names.items()} if isinstance(names, dict) else {}
-    by_label["name"] = [rename.get(lab, lab) or "(no label)" for lab in by_label["label"]]
-    is_default = by_label["label"] == (default_label or "")
-    by_label = pd.concat([by_label[is_default], by_label[~is_default]]).reset_index(drop=True)
-    base = by_label[by_label["label"] == default_label] if default_label else by_label.iloc[0:0]
-    names = list(dict.fromkeys([*ABLATION_METRICS, *(o.name for o in objectives)]))
-    for name in names:
-        col = f"{name}_mean"
-        if col not in by_label.columns:
-            continue
-        ref = float(base[col].iloc[0]) if len(base) else np.nan
-        values = by_label[col].astype(float)
-        if name in ACCURACY:
-            by_label[f"delta_{name}"] = values - ref
-        else:
-            by_label[f"delta_{name}_pct"] = (values / ref - 1.0) * 100.0 if ref not in (0.0,) else np.nan
-    return by_label
-
-
-def ablation_table(abl: pd.DataFrame, objectives: Sequence[Objective], default_label: str | None) -> Table:
-    metrics = [m for m in ABLATION_METRICS if f"{m}_mean" in abl.columns]
-    metrics += [o.name for o in objectives if o.name not in metrics and f"{o.name}_mean" in abl.columns]
-    deltas = [(m, f"delta_{m}" if m in ACCURACY else f"delta_{m}_pct") for m in metrics
-              if m in ACCURACY or m in (o.name for o in objectives)]
-    deltas = sorted(((m, c) for m, c in deltas if c in abl.columns), key=lambda mc: mc[0] not in ACCURACY)
-    columns = ["Variant", "Pattern"] + [header(m) for m in metrics] + ["n"]
-    columns += [f"Δ {header(m).split(' (')[0]} ({'pp' if m in ACCURACY else '%'})" for m, _ in deltas]
-    align = ["l", "l"] + ["r"] * (len(metrics) + 1 + len(deltas))
-    rows = []
-    for _, r in abl.iterrows():
-        name = r["name"]
-        if default_label and r["label"] == default_label:
-            name += " (default)"
-        row = [name, r["pattern"] or DASH] + [fmt_metric(m, r[f"{m}_mean"], r.get(f"{m}_std")) for m in metrics]
-        row.append(str(int(r["n"])))
-        for m, c in deltas:
-            row.append(_fmt_delta(r[c], "pp" if m in ACCURACY else "%", is_default=r["label"] == default_label))
-        rows.append(row)
-    notes = [f"Δ: difference to the default row ({default_label})." if default_label else
-             "No default row (manifest ablation.default_label is not set)."]
-    if default_label and default_label not in set(abl["label"]):
-        notes = [f"The default row {default_label!r} has no finished trial yet, so no differences are shown."]
-    return Table(columns, rows, align, notes)
-
-
-def _fmt_delta(value: Any, unit: str, is_default: bool) -> str:
-    if is_default:
-        return "0" if not _missing(value) else DASH
-    if _missing(value):
-        return DASH
-    v = float(value)
-    text = f"{v:+.2f}" if unit == "pp" else f"{v:+.1f}"
-    return text.replace("-", "−")
-
-
-def ablation_csv(abl: pd.DataFrame) -> pd.DataFrame:
-    first = ["name", "label", "pattern", "n", "seeds", "trials"]
-    stats = [c for c in abl.columns if c.endswith("_mean") or c.endswith("_std") or c.startswith("delta_")]
-    return abl[[c for c in first if c in abl.columns] + stats].reset_index(drop=True)
 
 
 # -- unfinished trials -----------------------------------------------------------------------------

@@ -5,23 +5,29 @@ from __future__ import annotations
 import base64
 import json
 import re
+import statistics
 from pathlib import Path
 
 import numpy as np
 import optuna
 import pandas as pd
 import pytest
+from scipy import stats as sps
 
 from hybridlab.cli import main as cli_main
 from hybridlab.errors import ConfigError, HybridlabError
-from reports import plots
-from reports.build import build_report, compare
-from reports.demo import write_demo_study
+from hybridlab.metrics import Objective
+from reports.ablation import ablation_frame, ablation_table
+from reports.build import build_report
+from reports.comparison import compare
+from reports.demo import make_frame, write_demo_study, write_study_folder
+from reports.figures import to_png, to_svg
 from reports.hypervolume import history, hypervolume, reference_point
-from reports.load import Objective, load_study, mask_url, scrub, url_secrets
+from reports.labels import pattern_labels, shorten
+from reports.load import load_study, mask_url, scrub, url_secrets
 from reports.pareto import aggregate, dominates, nondominated_ranks, pareto_mask, to_minimization
-from reports.tables import ablation_frame, ablation_table, architecture_table, fmt_metric
-from studies.table import normalize_frame
+from reports.plots import pareto_plot
+from reports.tables import architecture_table, fmt_metric
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 MAX2 = [Objective("top1", "maximize"), Objective("throughput_img_s", "maximize")]
@@ -29,26 +35,11 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _frame(rows: list[dict]) -> pd.DataFrame:
-    """A trials table from a few fields per row (the rest as the study runner leaves them empty)."""
-    full = []
-    for i, row in enumerate(rows):
-        row = {"number": i, "state": "COMPLETE", "seed": 0, **row}
-        if "arch_hash" not in row and "pattern" in row:
-            row["arch_hash"] = "h-" + row["pattern"]
-        full.append(row)
-    return normalize_frame(pd.DataFrame.from_records(full))
+    return make_frame(rows)
 
 
 def _study_folder(root: Path, name: str, frame: pd.DataFrame, objectives=None, **manifest) -> Path:
-    folder = root / name
-    folder.mkdir(parents=True)
-    frame.to_csv(folder / "trials.csv", index=False)
-    data = {"study": name, "objectives": objectives or [{"name": "top1", "direction": "maximize"},
-                                                        {"name": "throughput_img_s", "direction": "maximize"}],
-            "ablation": None, **manifest}
-    (folder / "manifest.json").write_text(json.dumps(data))
-    (folder / "study.yaml").write_text(f"name: {name}\nnote: <b>&amp; escaped</b>\n")
-    return folder
+    return write_study_folder(root, name, frame, objectives, f"name: {name}\nnote: <b>&amp; escaped</b>\n", **manifest)
 
 
 # -- Pareto ------------------------------------------------------------------------------------------
@@ -68,7 +59,7 @@ def test_ranks_respect_a_minimize_objective():
     assert ranks.tolist() == [1, 1, 2, 3]
 
 
-def test_aggregate_groups_seeds_and_keeps_baselines_and_infeasible_out_of_the_ranking():
+def test_aggregate_groups_seeds_ranks_baselines_and_keeps_infeasible_out_of_the_ranking():
     frame = _frame([
         {"pattern": "C | M*2", "family": "f1", "seed": 0, "top1": 70.0, "throughput_img_s": 100.0},
         {"pattern": "C | M*2", "family": "f1", "seed": 1, "top1": 72.0, "throughput_img_s": 110.0},
@@ -85,12 +76,12 @@ def test_aggregate_groups_seeds_and_keeps_baselines_and_infeasible_out_of_the_ra
     assert m2["n"] == 2 and m2["top1_mean"] == pytest.approx(71.0)  # the reused trial is not counted twice
     assert m2["top1_std"] == pytest.approx(np.std([70.0, 72.0], ddof=1))
     assert np.isnan(arch.loc["C | A*2", "top1_std"])  # one seed: no std
-    assert arch.loc["C | M*2", "rank"] == 1 and arch.loc["C | A*2", "rank"] == 1 and arch.loc["C | A*4", "rank"] == 2
-    assert np.isnan(arch.loc["timm:resnet18", "rank"]) and np.isnan(arch.loc["C | A*8", "rank"])
+    # the baseline (90, 900) beats every feasible candidate; the infeasible one is not ranked
+    assert arch.loc["timm:resnet18", "rank"] == 1 and np.isnan(arch.loc["C | A*8", "rank"])
+    assert arch.loc["C | M*2", "rank"] == 2 and arch.loc["C | A*2", "rank"] == 2 and arch.loc["C | A*4", "rank"] == 3
     assert "C | M*9" not in arch.index
     ordered = aggregate(frame, MAX2)["pattern"].tolist()
-    assert ordered[:3] == ["C | A*2", "C | M*2", "C | A*4"]  # rank, then top-1 best first
-    assert ordered[-1] == "timm:resnet18"  # baselines last
+    assert ordered == ["timm:resnet18", "C | A*2", "C | M*2", "C | A*4", "C | A*8"]  # rank, then top-1 best first
 
 
 # -- hypervolume -------------------------------------------------------------------------------------
@@ -146,12 +137,17 @@ def test_architecture_table_units_and_order():
     ])
     table = architecture_table(aggregate(frame, MAX2), MAX2)
     assert table.columns == ["Rank", "Pattern", "Family", "Params (M)", "MACs (G)", "FLOPs (G)",
-                             "Throughput (img/s)", "Latency (ms)", "Top-1 (%)", "n"]
+                             "Throughput (img/s)", "Latency (ms)", "Top-1 (%)", "n", "Resolved"]
     first, second = table.rows
     assert first[:6] == ["1", "C | M*2", "f", "31.8", "4.52", "9.10"]
-    assert first[8] == "71.62 ± 0.54" and first[9] == "2"
-    assert first[6] == "1,267 ± 46"
-    assert second[0] == "2" and second[3] == "0.0523" and second[8] == "60.00"
+    lo, hi = sps.t.interval(0.95, 1, loc=np.mean([71.234, 72.0]), scale=sps.sem([71.234, 72.0]))
+    assert first[8] == f"71.62 [{lo:.2f}, {hi:.2f}]" and first[9] == "2"
+    lo, hi = sps.t.interval(0.95, 1, loc=np.mean([1234.5, 1300.0]), scale=sps.sem([1234.5, 1300.0]))
+    assert first[6] == f"1267 [{lo:.0f}, {hi:.0f}]"  # two separate measurements: an interval over them
+    assert second[0] == "2" and second[3] == "0.0523" and second[8] == "60.00"  # one seed: no interval
+    # C | A*2 has one seed (no top-1 interval), but its one throughput measurement (100) lies outside the
+    # front point's throughput interval: separated
+    assert first[10] == "yes" and second[10] == "yes"
     md = table.to_markdown()
     assert "| 1 | C \\| M*2 | f |" in md  # pipes in patterns are escaped for Markdown
     assert fmt_metric("top1", float("nan")) == "–"
@@ -166,11 +162,13 @@ def test_ablation_table_differences_to_the_default_row():
     ])
     abl = ablation_frame(frame, MAX2, "attn_last_half", {"no_attn": "Mamba only"})
     assert abl["label"].tolist() == ["attn_last_half", "attn_first_half", "no_attn"]
-    assert abl["delta_top1"].tolist() == pytest.approx([0.0, -1.5, -3.0])
-    assert abl["delta_throughput_img_s_pct"].tolist() == pytest.approx([0.0, 10.0, 50.0])
+    # top-1 is compared seed by seed: seed 0 is the only seed both rows have (79.5 - 80, 78 - 80)
+    assert abl["delta_top1"].tolist() == pytest.approx([0.0, -0.5, -2.0]) and abl["paired_n"].tolist() == [2, 1, 1]
+    assert abl["delta_throughput_img_s_pct"].tolist() == pytest.approx([0.0, 10.0, 50.0])  # from the means
     table = ablation_table(abl, MAX2, "attn_last_half")
     assert [r[0] for r in table.rows] == ["attn_last_half (default)", "attn_first_half", "Mamba only"]
-    assert table.rows[1][-2:] == ["−1.50", "+10.0"]
+    assert table.columns[-4:] == ["Δ Top-1 (pp)", "Resolved", "Seeds to resolve", "Δ Throughput (%)"]
+    assert table.rows[1][-4:] == ["−0.50", "no (one pair)", "–", "+10.0"]  # one pair: no spread, nothing resolved
     ordered = ablation_frame(frame, MAX2, None, ["no_attn", "attn_first_half"])
     assert ordered["label"].tolist() == ["no_attn", "attn_first_half", "attn_last_half"]
 
@@ -230,7 +228,8 @@ def demo_report(tmp_path_factory) -> Path:
 def test_report_writes_every_file(demo_report):
     assert demo_report.name == "report" and demo_report.parent.name == "demo"
     names = sorted(p.name for p in demo_report.iterdir())
-    assert names == ["hypervolume.png", "pareto.png", "pareto.svg", "report.html", "table.csv", "table.md"]
+    assert names == ["hypervolume.png", "pareto.png", "pareto.svg", "report.html", "summary.md", "table.csv",
+                     "table.md"]
     for name in ("pareto.png", "hypervolume.png"):
         assert (demo_report / name).read_bytes().startswith(PNG_MAGIC)
     svg = (demo_report / "pareto.svg").read_text()
@@ -247,7 +246,11 @@ def test_report_html_is_self_contained_with_images_tables_and_masked_secrets(dem
     assert len(images) == 2
     assert base64.b64decode(images[0]) == (demo_report / "pareto.png").read_bytes()
     assert base64.b64decode(images[1]) == (demo_report / "hypervolume.png").read_bytes()
-    assert "<table" in page and "C | C*3 | M*6 A*6 | M*2 A*2" in page and "82.48 ± 0.24" in page
+    trials = pd.read_csv(demo_report.parent / "trials.csv")  # the expected cell, from the data itself
+    deep = trials[(trials["pattern"] == "C | C*3 | M*6 A*6 | M*2 A*2") & (trials["state"] == "COMPLETE")]["top1"]
+    lo, hi = sps.t.interval(0.95, len(deep) - 1, loc=statistics.mean(deep), scale=sps.sem(deep))
+    cell = f"{statistics.mean(deep):.2f} [{lo:.2f}, {hi:.2f}]"
+    assert "<table" in page and "C | C*3 | M*6 A*6 | M*2 A*2" in page and cell in page
     assert "Unfinished trials" in page and "CUDA out of memory at batch 64" in page and "RUNNING" in page
     assert "batch_size" in page and "torch" in page  # measurement profile and environment
     assert "s3cret-pw" not in page and "hybrid:***@db.example" in page  # the study file's URL is masked
@@ -264,20 +267,20 @@ def test_pareto_plot_bytes_are_reproducible_and_depend_on_data():
     frame = _frame([{"pattern": f"C | M*{i} A*{4 - i}", "family": "f", "top1": 70.0 + i, "throughput_img_s": 500.0 - 90 * i}
                     for i in range(4)])
     arch = aggregate(frame, MAX2)
-    first = plots.pareto_plot(arch, MAX2, "t")
-    png, svg = plots.to_png(first), plots.to_svg(first)
-    second = plots.pareto_plot(arch.iloc[::-1].reset_index(drop=True), MAX2, "t")  # input order does not matter
-    assert plots.to_png(second) == png and plots.to_svg(second) == svg
+    first = pareto_plot(arch, MAX2, "t")
+    png, svg = to_png(first), to_svg(first)
+    second = pareto_plot(arch.iloc[::-1].reset_index(drop=True), MAX2, "t")  # input order does not matter
+    assert to_png(second) == png and to_svg(second) == svg
     arch.loc[0, "top1_mean"] += 0.5
-    assert plots.to_png(plots.pareto_plot(arch, MAX2, "t")) != png
+    assert to_png(pareto_plot(arch, MAX2, "t")) != png
 
 
 def test_labels_shorten_and_drop_common_stages():
-    labels, note = plots.pattern_labels(["C | C*3 | M*4 A*4 | M*2 A*2", "C | C*3 | A*4 M*4 | M*2 A*2"])
+    labels, note = pattern_labels(["C | C*3 | M*4 A*4 | M*2 A*2", "C | C*3 | A*4 M*4 | M*2 A*2"])
     assert labels == ["… | M*4 A*4 | M*2 A*2", "… | A*4 M*4 | M*2 A*2"] and "'C | C*3'" in note
-    short = plots.shorten("C | C*3 | M[d_state=16,expand=2]*4 A[window=7]*4 | M*2 A*2", 34)
+    short = shorten("C | C*3 | M[d_state=16,expand=2]*4 A[window=7]*4 | M*2 A*2", 34)
     assert short == "C | C*3 | M[…]*4 A[…]*4 | M*2 A*2"  # options hidden first
-    cut = plots.shorten("M A " * 20 + "| C", 20)
+    cut = shorten("M A " * 20 + "| C", 20)
     assert len(cut) <= 20 and cut.startswith("M A M A") and "…" in cut and cut.endswith("| C")
 
 
@@ -309,7 +312,8 @@ def test_single_objective_study_gets_a_ranking_plot(tmp_path):
     _study_folder(tmp_path, "single", frame, objectives=[{"name": "top1", "direction": "maximize"}])
     out = build_report("single", results_dir=tmp_path)
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["hypervolume.png", "ranking.png", "ranking.svg", "report.html", "table.csv", "table.md"]
+    assert names == ["hypervolume.png", "ranking.png", "ranking.svg", "report.html", "summary.md", "table.csv",
+                     "table.md"]
     assert pd.read_csv(out / "table.csv")["rank"].tolist() == [1, 2, 3]
     # a later multi-objective run into the same folder removes the stale ranking files
     (tmp_path / "single" / "manifest.json").write_text(json.dumps({"study": "single"}))
@@ -374,16 +378,27 @@ def test_report_from_sqlite_and_journal_storage(tmp_path):
 
 
 def test_compare_two_studies(tmp_path, capsys):
-    write_demo_study(tmp_path / "a", name="a", seed=0, n_running=0)
-    write_demo_study(tmp_path / "b", name="b", seed=1, n_running=0)
+    _study_folder(tmp_path, "a", _frame([
+        {"pattern": "C | M", "top1": 70.0, "throughput_img_s": 300.0},
+        {"pattern": "C | A", "top1": 75.0, "throughput_img_s": 100.0},
+        {"pattern": "C | A*2", "top1": 72.0, "throughput_img_s": 90.0},  # dominated by C | A
+        {"pattern": "timm:r", "label": "r", "top1": 71.0, "throughput_img_s": 250.0, "is_baseline": True},
+    ]))
+    _study_folder(tmp_path, "b", _frame([{"pattern": "C | M", "top1": 69.0, "throughput_img_s": 310.0},
+                                         {"pattern": "C | A", "top1": 74.0, "throughput_img_s": 120.0}]))
     _study_folder(tmp_path, "single", _frame([{"pattern": "p", "top1": 1.0}]), objectives=[{"name": "top1"}])
     assert cli_main(["compare", "a", "b", "--results-dir", str(tmp_path)]) == 0
     out = tmp_path / "compare-a-vs-b"
     assert sorted(p.name for p in out.iterdir()) == ["compare.csv", "compare.html", "compare.md", "compare.png",
                                                       "compare.svg"]
     table = pd.read_csv(out / "compare.csv")
-    assert table["study"].tolist() == ["a", "b"] and (table["hypervolume"] > 0).all()
-    assert table["on_front"].iloc[0] == 7 and table["architectures"].tolist() == [20, 20]
+    assert table["study"].tolist() == ["a", "b"] and table["architectures"].tolist() == [4, 2]
+    assert table["on_front"].tolist() == [3, 2] and table["baselines_on_front"].tolist() == [1, 0]
+    assert table["best_top1"].tolist() == [75.0, 74.0] and table["best_throughput_img_s"].tolist() == [300.0, 310.0]
+    # reference from the pooled candidates: top1 69 - 0.6 = 68.4, img/s 90 - 22 = 68 (baselines not counted)
+    # a: boxes from (70, 300) and (75, 100): 1.6 * 232 + 6.6 * 32 - 1.6 * 32 = 531.2
+    # b: boxes from (69, 310) and (74, 120): 0.6 * 242 + 5.6 * 52 - 0.6 * 52 = 405.2
+    assert table["hypervolume"].tolist() == pytest.approx([531.2, 405.2])
     assert "data:image/png;base64," in (out / "compare.html").read_text()
     with pytest.raises(HybridlabError, match="different objectives"):
         compare(["a", "single"], results_dir=tmp_path)
@@ -409,3 +424,15 @@ def test_no_output_file_carries_a_storage_password(tmp_path):
     page = (tmp_path / "out" / "report.html").read_text()
     assert page.count("alice:***@db.example") >= 3  # source, manifest storage, study file, fail reason
     assert "Hunter2-secret" not in " ".join(messages)
+
+
+def test_manifest_objectives_use_the_shared_vocabulary(tmp_path):
+    # an older manifest may name a figure the registry does not know: kept, maximized by default;
+    # a bare known name takes the registry's direction
+    frame = _frame([{"pattern": "p", "my_score": 1.0, "latency_ms": 2.0}])
+    _study_folder(tmp_path, "old", frame, objectives=[{"name": "my_score"}, "latency_ms"])
+    data = load_study("old", results_dir=tmp_path)
+    assert data.objectives == [Objective("my_score", "maximize"), Objective("latency_ms", "minimize")]
+    _study_folder(tmp_path, "bad", frame, objectives=[{"name": "top1", "direction": "upwards"}])
+    with pytest.raises(ConfigError, match=r"manifest.json: objectives\[0\]: direction must be maximize or minimize"):
+        load_study("bad", results_dir=tmp_path)

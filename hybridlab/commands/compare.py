@@ -14,11 +14,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         help="study names under --results-dir, study folders or storage URLs (two or more)")
     parser.add_argument("--results-dir", default="results", help="where studies live (default ./results)")
     parser.add_argument("--out", default=None, help="output folder (default <results-dir>/compare-A-vs-B)")
+    parser.add_argument("--reference-point", default=None, metavar="V1,V2,...",
+                        help="hypervolume reference point, one value per objective in their order; it must be "
+                             "worse than every point (negative values: --reference-point=-1,0)")
     parser.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
-    from reports.build import compare
+    from reports.comparison import compare
 
-    compare(args.sources, results_dir=args.results_dir, out=args.out, echo=print)
+    compare(args.sources, results_dir=args.results_dir, out=args.out, echo=print,
+            reference=parse_reference(args.reference_point))
     return 0
+
+
+def parse_reference(text: str | None) -> list[float] | None:
+    """`"70,0.5"` -> [70.0, 0.5]; a one-line ConfigError for anything else."""
+    if text is None:
+        return None
+    from hybridlab.errors import ConfigError
+
+    try:
+        return [float(part) for part in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"expected numbers separated by commas, got {text!r}", "--reference-point") from None
