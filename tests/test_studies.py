@@ -54,7 +54,7 @@ def tiny_raw(**changes) -> dict:
 def run(raw: dict, results: Path, **options):
     lines: list[str] = []
     config = load_study_config("tiny.yaml", raw=raw)
-    study = run_study(config, RunOptions(results_dir=results, report=False, echo=lines.append, **options))
+    study = run_study(config, RunOptions(results_dir=results, echo=lines.append, **options))
     return study, lines
 
 

@@ -28,7 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace, report: bool | None = None) -> int:
     from studies.config import load_study_config
-    from studies.runner import RunOptions, run_study
+    from studies.runner import RunOptions, run_study, study_folder
 
     if args.n_trials is not None and args.n_trials < 1:
         from hybridlab.errors import ConfigError
@@ -38,12 +38,11 @@ def main(args: argparse.Namespace, report: bool | None = None) -> int:
     if getattr(args, "check", False):
         print(f"{config.source}: ok (search space of {config.space.size():,} assignments, sampler {config.sampler['name']})")
         return 0
-    options = RunOptions(
-        results_dir=args.results_dir,
-        storage=args.storage,
-        n_trials=args.n_trials,
-        device=args.device,
-        report=(not getattr(args, "no_report", False)) if report is None else report,
-    )
+    options = RunOptions(results_dir=args.results_dir, storage=args.storage, n_trials=args.n_trials, device=args.device)
     run_study(config, options)
+    if (not getattr(args, "no_report", False)) if report is None else report:
+        from reports import build_report
+
+        out = build_report(str(study_folder(args.results_dir, config.name)), results_dir=args.results_dir)
+        print(f"report: {out}")
     return 0
