@@ -51,9 +51,18 @@ def profile_dict(config: StudyConfig, device: str | None) -> dict[str, Any]:
     return profile
 
 
-def device_lock(device: str, exclusive: bool) -> DeviceLock:
+LONG_WAIT_S = 5.0  # a longer wait for the device lock is recorded in the trial's attributes
+
+
+def device_lock(device: str, exclusive: bool, study: str = "", echo: Callable[[str], None] | None = print) -> DeviceLock:
     """Measurements take the device exclusively, training shares it (see studies.devlock)."""
-    return DeviceLock(device, exclusive=exclusive)
+    return DeviceLock(device, exclusive=exclusive, study=study, echo=echo)
+
+
+def note_wait(trial: optuna.Trial, lock: DeviceLock, what: str) -> None:
+    """Keep a long wait for the device in the trial's record: it explains a slow trial."""
+    if lock.waited_s > LONG_WAIT_S:
+        trial.set_user_attr(f"{what}_lock_wait_s", round(lock.waited_s, 1))
 
 
 class TrialObjective:
@@ -95,7 +104,7 @@ class TrialObjective:
         prior = self._finished_twin(trial, attrs["arch_hash"], seed, fidelity)
         if prior is not None:
             return self._reuse(trial, prior)
-        figures = self._measure(arch)
+        figures = self._measure(trial, arch)
         for key, value in figures.items():
             trial.set_user_attr(key, value)
         violations = self._gate(trial, figures)
@@ -154,7 +163,7 @@ class TrialObjective:
         values = prior.values
         return values[0] if len(values) == 1 else tuple(values)
 
-    def _measure(self, arch: Candidate | Baseline) -> dict[str, Any]:
+    def _measure(self, trial: optuna.Trial, arch: Candidate | Baseline) -> dict[str, Any]:
         """Figures from the cache, or measured while holding the device exclusively."""
         from hybridlab.measure import MeasureCache, MeasureProfile, measure, measure_key
 
@@ -164,8 +173,9 @@ class TrialObjective:
         key = measure_key(target, profile, **settings)
         record = cache.get(key)
         if record is None:
-            with device_lock(profile.device, exclusive=True):
+            with device_lock(profile.device, True, self.config.name, self.echo) as lock:
                 record = cache.get_or_measure(key, lambda: measure(target, profile, **settings))
+            note_wait(trial, lock, "measure")
         data = record.to_dict() if hasattr(record, "to_dict") else dict(record)
         figures = {k: data[k] for k in KEPT_FIGURES if data.get(k) is not None}
         figures["measure_env"] = data.get("env", {})
@@ -191,7 +201,8 @@ class TrialObjective:
         model = arch.build()
         datamodule = self._get_datamodule()
         try:
-            with device_lock(self.train_device(), exclusive=False):
+            with device_lock(self.train_device(), False, self.config.name, self.echo) as lock:
+                note_wait(trial, lock, "train")
                 result = train_and_evaluate(
                     model,
                     datamodule,
