@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from hybridlab import __version__
@@ -109,7 +110,7 @@ class StudyRunner:
         return planning.target_architectures(self.config, self.options.n_trials, self.keys)
 
     def _write_files(self) -> None:
-        atomic_write(self.folder / "study.yaml", self.config.to_yaml())
+        atomic_write(self.folder / "study.yaml", stored_study_file(self.config))
         manifest = {
             "study": self.config.name,
             "description": self.config.description,
@@ -170,6 +171,14 @@ class StudyRunner:
             write_trials(self.study, self.folder)
         except Exception as exc:  # the storage keeps everything; the table is a convenience copy
             self.options.echo(f"warning: could not write {self.folder / 'trials.csv'}: {exc}")
+
+
+def stored_study_file(config: StudyConfig) -> str:
+    """The study file as run, for `results/<study>/study.yaml`: its storage URL's password masked."""
+    raw = dict(config.raw)
+    if isinstance(raw.get("storage"), str):
+        raw["storage"] = mask_password(raw["storage"])
+    return yaml.safe_dump(raw, sort_keys=False)
 
 
 def _ensure_folder(folder: Path) -> None:

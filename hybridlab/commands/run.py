@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
+
+STORAGE_ENV = "HYBRIDLAB_STORAGE"
+
+
+def storage_from(args: argparse.Namespace) -> str | None:
+    """`--storage`, else $HYBRIDLAB_STORAGE (kept out of the process list), else None (the study's own)."""
+    return args.storage or os.environ.get(STORAGE_ENV) or None
 
 
 def add_study_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--storage", help="Optuna storage URL (default sqlite:///<results-dir>/<study>/study.db)")
+    parser.add_argument(
+        "--storage", default=None,
+        help="Optuna storage URL (default: $HYBRIDLAB_STORAGE, else the study file's, else "
+             "sqlite:///<results-dir>/<study>/study.db); put a URL with a password in HYBRIDLAB_STORAGE, "
+             "where `ps` does not show it",
+    )
     parser.add_argument("--results-dir", default="results", type=Path, help="where studies write (default ./results)")
     parser.add_argument("--n-trials", type=int, help="total number of finished trials to reach (across workers)")
     parser.add_argument(
@@ -38,7 +51,7 @@ def main(args: argparse.Namespace, report: bool | None = None) -> int:
     if getattr(args, "check", False):
         print(f"{config.source}: ok (search space of {config.space.size():,} assignments, sampler {config.sampler['name']})")
         return 0
-    options = RunOptions(results_dir=args.results_dir, storage=args.storage, n_trials=args.n_trials, device=args.device)
+    options = RunOptions(results_dir=args.results_dir, storage=storage_from(args), n_trials=args.n_trials, device=args.device)
     run_study(config, options)
     if (not getattr(args, "no_report", False)) if report is None else report:
         from reports import build_report

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from hybridlab.commands.run import add_study_args
+from hybridlab.commands.run import add_study_args, storage_from
 from hybridlab.commands.run import main as run_main
 from hybridlab.errors import ConfigError
 
@@ -23,7 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    if not args.storage:
+    if not storage_from(args):
         raise ConfigError("workers need a shared storage URL (PostgreSQL or journal:///path)", "--storage")
     if args.device and args.device.startswith("cuda:") and "CUDA_VISIBLE_DEVICES" not in os.environ:
         # Pin the process to its GPU so every library in it (Lightning, measurement) sees only that one.
