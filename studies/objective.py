@@ -199,7 +199,7 @@ class TrialObjective:
             trial.set_user_attr("resumed_from", str(resume))
             self.echo(f"[trial {trial.number}] resuming from {resume}")
         model = arch.build()
-        datamodule = self._get_datamodule()
+        datamodule = self.datamodule()
         try:
             with device_lock(self.train_device(), False, self.config.name, self.echo) as lock:
                 note_wait(trial, lock, "train")
@@ -245,7 +245,8 @@ class TrialObjective:
                 return ckpt
         return None
 
-    def _get_datamodule(self):
+    def datamodule(self) -> Any:
+        """The study's data module, built once and shared by its trials."""
         if self._datamodule is None:
             from studies.data import make_datamodule
 

@@ -26,14 +26,16 @@ from hybridlab import __version__
 from hybridlab.atomic import atomic_write
 from hybridlab.errors import HybridlabError
 from hybridlab.urls import mask_password
-from studies import planning
+from studies import planning, preflight
 from studies.config import StudyConfig
 from studies.objective import TrialObjective, plain, profile_dict
+from studies.record import SETTINGS_ATTR, check_settings, settings_record
 from studies.samplers import make_sampler
-from studies.storage import close_storage, default_storage_url, open_storage, storage_error
+from studies.storage import close_storage, default_storage_url, open_storage, retry_failed, storage_error
 from studies.worker_loop import count, progress_line, work
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+DEFAULT_MAX_RETRIES = 2  # a failed trial is tried again on the next runs, at most this many times
 
 
 @dataclass
@@ -44,7 +46,22 @@ class RunOptions:
     device: str | None = None  # e.g. "cuda:1"; default: the measurement profile's device
     progress: bool = True
     max_consecutive_failures: int = 5
+    retry_failed: bool = False  # retry every failed trial, however often it failed before
+    max_retries: int | None = None  # default: the study file's `max_retries` (2)
     echo: Callable[[str], None] = print
+
+
+@dataclass
+class StudyRun:
+    """What one `run_study` call did: the study, and the trials this process finished, by state."""
+
+    study: optuna.Study
+    complete: int = 0
+    pruned: int = 0
+    failed: int = 0
+
+    def summary(self) -> str:
+        return f"{self.complete} complete, {self.pruned} pruned, {self.failed} failed"
 
 
 def study_folder(results_dir: Path | str, name: str) -> Path:
@@ -64,6 +81,7 @@ class StudyRunner:
         self.keys = planning.grid_keys(candidates) if candidates is not None else None
         self.objective = TrialObjective(config, self.folder, self.keys, options.device, options.progress, options.echo)
         self.study: optuna.Study | None = None
+        self.finished_here: list[FrozenTrial] = []
 
     # -- set-up ---------------------------------------------------------------------------------
     def open(self) -> optuna.Study:
@@ -72,6 +90,9 @@ class StudyRunner:
             return self._open()
 
     def _open(self) -> optuna.Study:
+        device = self.options.device or str(self.config.measure.get("device", "auto"))
+        preflight.check_device(device, "--device" if self.options.device else "measure.device")
+        preflight.check_data(self.objective.datamodule(), str(self.config.data.get("name")))
         _ensure_folder(self.folder)
         storage = open_storage(self.storage_url)
         created = True
@@ -98,8 +119,15 @@ class StudyRunner:
         self.study = study
         if created:
             study.set_metric_names(self.config.metric_names)
+            study.set_user_attr(SETTINGS_ATTR, settings_record(self.config))
         else:
+            check_settings(study, self.config, self.shown_url)
             planning.wait_for_plan(study, self.shown_url)
+        max_retries = self.options.max_retries
+        if max_retries is None:
+            max_retries = getattr(self.config, "max_retries", DEFAULT_MAX_RETRIES)
+        for number in retry_failed(study, max_retries, force=self.options.retry_failed):
+            self.options.echo(f"[trial {number}] failed before: queued for another attempt")
         # a larger target (--n-trials or the study file) extends the plan
         planning.plan(study, self.config, self.keys, self.target_architectures())
         self._write_files()
@@ -158,6 +186,7 @@ class StudyRunner:
 
     def _after_trial(self, trial: FrozenTrial) -> None:
         assert self.study is not None
+        self.finished_here.append(trial)
         planning.enqueue_other_seeds(self.study, self.config, self.keys is not None, trial)
         self._write_table()
         self.options.echo(progress_line(self.study, trial))
@@ -209,7 +238,7 @@ def _is_storage_exception(exc: BaseException) -> bool:
     return module.startswith(("sqlalchemy", "psycopg2", "sqlite3", "optuna.storages"))
 
 
-def run_study(config: StudyConfig, options: RunOptions | None = None) -> optuna.Study:
+def run_study(config: StudyConfig, options: RunOptions | None = None) -> StudyRun:
     """Open (or resume) the study and run it to its trial budget (the `run` command writes the report)."""
     options = options or RunOptions()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial comes from the runner
@@ -221,4 +250,5 @@ def run_study(config: StudyConfig, options: RunOptions | None = None) -> optuna.
         if runner.study is not None:
             close_storage(runner.study._storage)
     options.echo(f"study {config.name}: done in {time.time() - started:.0f} s; results in {runner.folder}")
-    return study
+    done = [t.state for t in runner.finished_here]
+    return StudyRun(study, done.count(TrialState.COMPLETE), done.count(TrialState.PRUNED), done.count(TrialState.FAIL))

@@ -45,18 +45,21 @@ def journal_path(url: str) -> Path:
     return Path(url[len("journal://"):])
 
 
-def retry_trial(study: optuna.Study, trial: FrozenTrial, max_retry: int = MAX_RETRY) -> int | None:
+def retry_trial(study: optuna.Study, trial: FrozenTrial, max_retry: int | None = MAX_RETRY) -> int | None:
     """Queue a retry of a failed trial: same params and user attrs, plus `retry_of` and `retry_history`.
 
     Like Optuna's RetryHeartbeatStaleTrialCallback, but the links live in user attrs, which a running
-    trial can read, so the retry finds the checkpoints of the attempts before it. Returns the number of
-    attempts so far, or None when `max_retry` is reached.
+    trial can read, so the retry finds the checkpoints of the attempts before it. `failed_attempts` keeps
+    every earlier attempt's number and reason. Returns the number of attempts so far, or None when
+    `max_retry` (None: no limit) is reached.
     """
     history = [*trial.user_attrs.get("retry_history", []), trial.number]
-    if len(history) > max_retry:
+    if max_retry is not None and len(history) > max_retry:
         return None
+    reasons = [*trial.user_attrs.get("failed_attempts", []),
+               {"trial": trial.number, "reason": trial.user_attrs.get("fail_reason", "unknown")}]
     attrs = {k: v for k, v in trial.user_attrs.items() if k not in ("fail_reason", "worker")}
-    attrs.update(retry_of=trial.number, retry_history=history)
+    attrs.update(retry_of=trial.number, retry_history=history, failed_attempts=reasons)
     study.add_trial(
         optuna.create_trial(
             state=TrialState.WAITING,
@@ -67,6 +70,20 @@ def retry_trial(study: optuna.Study, trial: FrozenTrial, max_retry: int = MAX_RE
         )
     )
     return len(history)
+
+
+def retry_failed(study: optuna.Study, max_retries: int, force: bool = False) -> list[int]:
+    """Queue a retry of every failed trial that has none yet and has been tried at most `max_retries`
+    times (any number of times with `force`); returns the numbers of the trials retried."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get("retry_of") for t in trials}
+    queued = []
+    for trial in trials:
+        if trial.state != TrialState.FAIL or trial.number in retried:
+            continue
+        if retry_trial(study, trial, None if force else max_retries) is not None:
+            queued.append(trial.number)
+    return queued
 
 
 def sqlite_path(url: str | None) -> Path | None:

@@ -69,7 +69,7 @@ def work(
         try:
             frozen = run_trial(study, trial, objective, error_log)
         except (KeyboardInterrupt, SystemExit):
-            retry_trial(study, study._storage.get_trial(trial._trial_id))
+            retry_trial(study, study._storage.get_trial(trial._trial_id), max_retry=None)  # not the trial's fault
             raise
         failures(frozen)
         on_trial(frozen)

@@ -55,7 +55,7 @@ def run(raw: dict, results: Path, **options):
 
     lines: list[str] = []
     config = load_study_config("tiny.yaml", raw=raw)
-    study = run_study(config, RunOptions(results_dir=results, echo=lines.append, **options))
+    study = run_study(config, RunOptions(results_dir=results, echo=lines.append, **options)).study
     return study, lines
 
 

@@ -28,6 +28,11 @@ def add_study_args(parser: argparse.ArgumentParser) -> None:
         help="override a study-file value, e.g. --set train.epochs=2 (repeatable)",
     )
     parser.add_argument("--device", help="device for this process, e.g. cuda:1 (default: the study's)")
+    parser.add_argument(
+        "--retry-failed", action="store_true",
+        help="retry every failed trial, however often it failed (by default a failed trial is retried on "
+             "the next runs up to max_retries times, 2 unless the study file says otherwise)",
+    )
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -49,13 +54,23 @@ def main(args: argparse.Namespace, report: bool | None = None) -> int:
         raise ConfigError(f"must be at least 1, got {args.n_trials}", "--n-trials")
     config = load_study_config(args.study, overrides=args.overrides)
     if getattr(args, "check", False):
+        from studies import preflight
+        from studies.data import make_datamodule
+
+        device = args.device or str(config.measure.get("device", "auto"))
+        preflight.check_device(device, "--device" if args.device else "measure.device")
+        data = {k: v for k, v in config.data.items() if not k.startswith("_")}
+        preflight.check_data(make_datamodule(**data), str(data.get("name")))
         print(f"{config.source}: ok (search space of {config.space.size():,} assignments, sampler {config.sampler['name']})")
         return 0
-    options = RunOptions(results_dir=args.results_dir, storage=storage_from(args), n_trials=args.n_trials, device=args.device)
-    run_study(config, options)
+    options = RunOptions(results_dir=args.results_dir, storage=storage_from(args), n_trials=args.n_trials,
+                         device=args.device, retry_failed=args.retry_failed)
+    done = run_study(config, options)
     if (not getattr(args, "no_report", False)) if report is None else report:
         from reports import build_report
 
         out = build_report(str(study_folder(args.results_dir, config.name)), results_dir=args.results_dir)
         print(f"report: {out}")
-    return 0
+    # the last line: what this run did; failed trials make the exit status non-zero (a rerun retries them)
+    print(f"study {config.name}: this run {done.summary()}")
+    return 1 if done.failed else 0
