@@ -26,7 +26,7 @@ from hybridlab import __version__
 from hybridlab.atomic import atomic_write
 from hybridlab.errors import HybridlabError
 from hybridlab.urls import mask_password
-from studies import planning, preflight
+from studies import planning, preflight, restore
 from studies.config import StudyConfig
 from studies.objective import TrialObjective, plain, profile_dict
 from studies.record import SETTINGS_ATTR, check_settings, settings_record
@@ -94,10 +94,12 @@ class StudyRunner:
         preflight.check_device(device, "--device" if self.options.device else "measure.device")
         preflight.check_data(self.objective.datamodule(), str(self.config.data.get("name")))
         _ensure_folder(self.folder)
+        restore.guard_before_open(self.folder, self.config.name, self.storage_url)
         storage = open_storage(self.storage_url)
         created = True
         sampler = make_sampler(self.config.sampler)
         try:
+            restore.guard_before_create(self.folder, self.config.name, self.storage_url, storage)
             try:
                 study = optuna.create_study(
                     study_name=self.config.name, storage=storage, directions=self.config.directions,

@@ -79,7 +79,7 @@ def retry_failed(study: optuna.Study, max_retries: int, force: bool = False) -> 
     retried = {t.user_attrs.get("retry_of") for t in trials}
     queued = []
     for trial in trials:
-        if trial.state != TrialState.FAIL or trial.number in retried:
+        if trial.state != TrialState.FAIL or trial.number in retried or trial.user_attrs.get("placeholder"):
             continue
         if retry_trial(study, trial, None if force else max_retries) is not None:
             queued.append(trial.number)
