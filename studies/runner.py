@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import warnings
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hybridlab import __version__
 from hybridlab.atomic import atomic_write
-from hybridlab.errors import HybridlabError
+from hybridlab.errors import ConfigError, HybridlabError
 from hybridlab.urls import mask_password
 from studies import planning, preflight, restore
 from studies.config import StudyConfig
@@ -64,8 +65,44 @@ class StudyRun:
         return f"{self.complete} complete, {self.pruned} pruned, {self.failed} failed"
 
 
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
+STALE_TEMP_S = 900  # an atomic write takes far less; an older temporary file is left by a killed process
+
+
 def study_folder(results_dir: Path | str, name: str) -> Path:
+    """`<results_dir>/<name>`; the name must be a plain folder name (no separators, newlines or `..`)."""
+    if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name) or ".." in name:
+        raise ConfigError(f"{name!r} is not a safe folder name (letters, digits, '_', '-', '.'; up to 128)", "name")
     return Path(results_dir) / name
+
+
+def remove_stale_temp_files(folder: Path, now: float | None = None) -> list[Path]:
+    """Remove the temporary files a killed process left in a study folder (atomic writes, write probes)."""
+    now = time.time() if now is None else now
+    removed = []
+    for path in [*folder.rglob(".*.tmp"), *folder.glob(".write-test-*")]:
+        try:
+            pid = path.name.rsplit("-", 1)[-1]
+            if path.name.startswith(".write-test-"):
+                stale = pid.isdigit() and not _pid_alive(int(pid))
+            else:
+                stale = now - path.stat().st_mtime > STALE_TEMP_S
+            if stale and path.is_file():
+                path.unlink()
+                removed.append(path)
+        except OSError:
+            continue
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class StudyRunner:
@@ -94,6 +131,7 @@ class StudyRunner:
         preflight.check_device(device, "--device" if self.options.device else "measure.device")
         preflight.check_data(self.objective.datamodule(), str(self.config.data.get("name")))
         _ensure_folder(self.folder)
+        remove_stale_temp_files(self.folder)
         restore.guard_before_open(self.folder, self.config.name, self.storage_url)
         storage = open_storage(self.storage_url)
         created = True
@@ -120,11 +158,12 @@ class StudyRunner:
             )
         self.study = study
         if created:
+            planning.claim_planning(study)
             study.set_metric_names(self.config.metric_names)
             study.set_user_attr(SETTINGS_ATTR, settings_record(self.config))
         else:
             check_settings(study, self.config, self.shown_url)
-            planning.wait_for_plan(study, self.shown_url)
+            planning.await_plan(study, self.options.echo)
         max_retries = self.options.max_retries
         if max_retries is None:
             max_retries = getattr(self.config, "max_retries", DEFAULT_MAX_RETRIES)

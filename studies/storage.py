@@ -86,6 +86,15 @@ def retry_failed(study: optuna.Study, max_retries: int, force: bool = False) -> 
     return queued
 
 
+def is_in_memory(url: str) -> bool:
+    """`sqlite://`, `sqlite:///:memory:` and `?mode=memory` URLs name a database that dies with its process."""
+    if not url.startswith("sqlite:"):
+        return False
+    rest = url[len("sqlite:"):].split("?", 1)
+    path = rest[0].lstrip("/")
+    return path in ("", ":memory:") or (len(rest) > 1 and "mode=memory" in rest[1])
+
+
 def sqlite_path(url: str | None) -> Path | None:
     """The file behind a `sqlite:///` URL (None for other URLs and in-memory SQLite)."""
     if not url or not url.startswith("sqlite:///"):
@@ -116,6 +125,9 @@ def open_storage(
     """Open the storage behind `url`, creating it where needed unless `create=False` (readers such as
     reports must never create an empty database); StorageError with one line on failure."""
     shown = mask_password(url)
+    if is_in_memory(url):
+        raise StorageError(f"storage {shown} is an in-memory SQLite database: it would be lost at exit and no other "
+                           "process could see it; use sqlite:///path/to/study.db")
     if not create:
         _require_existing(url, shown)
     if is_journal(url):
