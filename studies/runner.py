@@ -29,6 +29,7 @@ from hybridlab.errors import ConfigError, HybridlabError
 from hybridlab.urls import mask_password
 from studies import planning, preflight, restore
 from studies.config import StudyConfig
+from studies.loop import INTERRUPTS
 from studies.objective import TrialObjective, plain, profile_dict
 from studies.record import SETTINGS_ATTR, check_settings, settings_record
 from studies.samplers import make_sampler
@@ -209,7 +210,7 @@ class StudyRunner:
                 study, self.objective, on_trial=self._after_trial, error_log=self._error_log,
                 echo=self.options.echo, max_consecutive_failures=self.options.max_consecutive_failures,
             )
-        except (HybridlabError, KeyboardInterrupt, SystemExit):
+        except (HybridlabError, *INTERRUPTS):
             self._write_table()
             raise
         except Exception as exc:

@@ -16,7 +16,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from studies.loop import claim_next, fail_stale, run_trial, wait_for_others
+from studies.loop import INTERRUPTS, claim_next, fail_stale, run_trial, wait_for_others
 from studies.storage import retry_trial
 
 
@@ -50,7 +50,7 @@ def work(
 ) -> FailureGuard:
     """Run planned trials until none is left (or the failure guard trips); returns the guard.
 
-    On KeyboardInterrupt/SystemExit the running trial is failed as `interrupted` and queued again, so the
+    On an interrupt (KeyboardInterrupt, SystemExit, StopRequested) the running trial is failed as `interrupted` and queued again, so the
     next run resumes it from its checkpoint; the exception propagates.
     """
     failures = FailureGuard(max_consecutive_failures)
@@ -68,7 +68,7 @@ def work(
             break
         try:
             frozen = run_trial(study, trial, objective, error_log)
-        except (KeyboardInterrupt, SystemExit):
+        except INTERRUPTS:
             retry_trial(study, study._storage.get_trial(trial._trial_id), max_retry=None)  # not the trial's fault
             raise
         failures(frozen)

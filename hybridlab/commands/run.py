@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 STORAGE_ENV = "HYBRIDLAB_STORAGE"
@@ -46,6 +47,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace, report: bool | None = None) -> int:
     from studies.config import load_study_config
+    from studies.loop import StopRequested, stop_on_signals
     from studies.runner import RunOptions, run_study, study_folder
 
     if args.n_trials is not None and args.n_trials < 1:
@@ -65,7 +67,13 @@ def main(args: argparse.Namespace, report: bool | None = None) -> int:
         return 0
     options = RunOptions(results_dir=args.results_dir, storage=storage_from(args), n_trials=args.n_trials,
                          device=args.device, retry_failed=args.retry_failed)
-    done = run_study(config, options)
+    with stop_on_signals():
+        try:
+            done = run_study(config, options)
+        except StopRequested as stop:
+            print(f"hybridlab {args.command}: stopped by {stop.name}; finished trials are kept and the running one "
+                  "resumes from its last checkpoint: run the same command again", file=sys.stderr)
+            return stop.exit_code
     if (not getattr(args, "no_report", False)) if report is None else report:
         from reports import build_report
 
