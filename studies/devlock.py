@@ -25,6 +25,7 @@ from pathlib import Path
 from types import TracebackType
 
 from hybridlab.errors import HybridlabError
+from studies.processes import alive
 
 DEFAULT_TIMEOUT_S = 86400.0
 POLL_S = 0.05
@@ -129,7 +130,7 @@ class DeviceLock:
         found = []
         for note in sorted(self.path.parent.glob(f"{self.key}.*.holder")):
             pid = note.name.split(".")[1]
-            if pid.isdigit() and not _alive(int(pid)):
+            if pid.isdigit() and not alive(int(pid)):
                 with contextlib.suppress(OSError):
                     note.unlink()
                 continue
@@ -147,12 +148,3 @@ class DeviceLock:
             self._fh.close()
             self._fh = None
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

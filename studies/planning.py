@@ -25,6 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hybridlab.errors import ConfigError
 from search_space.space import Candidate
 from studies.config import StudyConfig
+from studies.processes import alive
 
 
 def grid_keys(candidates: list[Candidate]) -> dict[str, Candidate]:
@@ -104,7 +105,7 @@ def await_plan(study: optuna.Study, echo: Callable[[str], None] = print, timeout
         # no planner recorded: its creator died before it could say so; wait only a little
         deadline = started + (timeout_s if planner else min(timeout_s, 10.0))
         host, _, pid = planner.rpartition(":")
-        dead = host == socket.gethostname() and pid.isdigit() and not _alive(int(pid))
+        dead = host == socket.gethostname() and pid.isdigit() and not alive(int(pid))
         if dead or time.time() > deadline:
             why = f"its planner {planner} is gone" if dead else f"it was not finished within {timeout_s:.0f} s"
             echo(f"study {study.study_name}: completing an unfinished trial plan ({why})")
@@ -112,17 +113,6 @@ def await_plan(study: optuna.Study, echo: Callable[[str], None] = print, timeout
             return
         time.sleep(0.5)
 
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def enqueue_other_seeds(study: optuna.Study, config: StudyConfig, is_grid: bool, trial: FrozenTrial) -> None:

@@ -29,8 +29,10 @@ from hybridlab.errors import ConfigError, HybridlabError
 from hybridlab.urls import mask_password
 from studies import planning, preflight, restore
 from studies.config import StudyConfig
+from studies.devlock import lock_timeout
 from studies.loop import INTERRUPTS
 from studies.objective import TrialObjective, plain, profile_dict
+from studies.processes import alive
 from studies.record import SETTINGS_ATTR, check_settings, settings_record
 from studies.samplers import make_sampler
 from studies.storage import close_storage, default_storage_url, open_storage, retry_failed, storage_error
@@ -85,7 +87,7 @@ def remove_stale_temp_files(folder: Path, now: float | None = None) -> list[Path
         try:
             pid = path.name.rsplit("-", 1)[-1]
             if path.name.startswith(".write-test-"):
-                stale = pid.isdigit() and not _pid_alive(int(pid))
+                stale = pid.isdigit() and not alive(int(pid))
             else:
                 stale = now - path.stat().st_mtime > STALE_TEMP_S
             if stale and path.is_file():
@@ -95,15 +97,6 @@ def remove_stale_temp_files(folder: Path, now: float | None = None) -> list[Path
             continue
     return removed
 
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class StudyRunner:
@@ -131,6 +124,7 @@ class StudyRunner:
         device = self.options.device or str(self.config.measure.get("device", "auto"))
         preflight.check_device(device, "--device" if self.options.device else "measure.device")
         preflight.check_data(self.objective.datamodule(), str(self.config.data.get("name")))
+        lock_timeout()  # a bad HYBRIDLAB_LOCK_TIMEOUT_S would fail every trial
         _ensure_folder(self.folder)
         remove_stale_temp_files(self.folder)
         restore.guard_before_open(self.folder, self.config.name, self.storage_url)

@@ -73,13 +73,22 @@ def retry_trial(study: optuna.Study, trial: FrozenTrial, max_retry: int | None =
 
 
 def retry_failed(study: optuna.Study, max_retries: int, force: bool = False) -> list[int]:
-    """Queue a retry of every failed trial that has none yet and has been tried at most `max_retries`
-    times (any number of times with `force`); returns the numbers of the trials retried."""
+    """Queue a retry of every trial that failed on its own (an error, not a dead worker or a signal) and
+    has none yet, if it has been tried at most `max_retries` times; `force` retries every failed trial.
+
+    Trials failed because their worker died or was stopped are retried by whoever failed them, at once;
+    leaving them alone here keeps two workers that open the study together from queuing one twice.
+    Returns the numbers of the trials retried.
+    """
     trials = study.get_trials(deepcopy=False)
     retried = {t.user_attrs.get("retry_of") for t in trials}
     queued = []
     for trial in trials:
         if trial.state != TrialState.FAIL or trial.number in retried or trial.user_attrs.get("placeholder"):
+            continue
+        reason = str(trial.user_attrs.get("fail_reason", ""))
+        if not force and (not reason or reason.startswith("interrupted") or
+                          (reason.startswith("worker ") and reason.endswith(" died"))):
             continue
         if retry_trial(study, trial, None if force else max_retries) is not None:
             queued.append(trial.number)

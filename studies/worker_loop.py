@@ -7,7 +7,6 @@ checkpoint). A run of failed trials in a row stops the loop: a systematic error 
 from __future__ import annotations
 
 import gc
-import os
 import socket
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,6 +16,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from studies.loop import INTERRUPTS, claim_next, fail_stale, run_trial, wait_for_others
+from studies.processes import alive
 from studies.storage import retry_trial
 
 
@@ -89,7 +89,7 @@ def recover_dead_local_trials(study: optuna.Study, echo: Callable[[str], None] =
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = trial.user_attrs.get("worker", "")
         name, _, pid = worker.rpartition(":")
-        if name != host or not pid.isdigit() or _alive(int(pid)):
+        if name != host or not pid.isdigit() or alive(int(pid)):
             continue
         try:  # the reason first: a finished trial takes no more attributes
             study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", f"worker {worker} died")
@@ -102,21 +102,6 @@ def recover_dead_local_trials(study: optuna.Study, echo: Callable[[str], None] =
         echo(f"[trial {trial.number}] its worker {worker} is gone: marked failed and queued for a retry")
     return recovered
 
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie child counts as dead
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 def count(study: optuna.Study, states: Sequence[TrialState]) -> int:
