@@ -23,7 +23,8 @@ def add_study_args(parser: argparse.ArgumentParser) -> None:
              "where `ps` does not show it",
     )
     parser.add_argument("--results-dir", default="results", type=Path, help="where studies write (default ./results)")
-    parser.add_argument("--n-trials", type=int, help="total number of finished trials to reach (across workers)")
+    parser.add_argument("--n-trials", type=int, help="number of architectures to train, each once per seed, across all workers "
+                             "(at most 10,000)")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a study-file value, e.g. --set train.epochs=2 (repeatable)",

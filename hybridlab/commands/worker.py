@@ -1,5 +1,7 @@
 """`hybridlab worker STUDY --storage URL`: one of many processes working on one shared study.
 
+The URL may come from HYBRIDLAB_STORAGE instead of `--storage`, which keeps its password out of `ps`.
+
 Start as many as you have devices (one per GPU: `--device cuda:N`); the total number of trials is capped
 across all of them, dead workers' trials are retried from their checkpoints, and `hybridlab report`
 reads the shared storage at any time.
