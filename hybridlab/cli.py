@@ -1,19 +1,24 @@
 """The `hybridlab` command line: one sub-command per module in `hybridlab.commands`.
 
-User mistakes (HybridlabError) print one line and exit 2; they never show a traceback.
+User mistakes (HybridlabError) print one line and exit 2; they never show a traceback, and never a
+password that a storage URL on the command line or in HYBRIDLAB_STORAGE carries. Building the parser
+imports no torch: command modules import heavy things inside their functions.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
 from hybridlab.errors import HybridlabError
+from hybridlab.urls import scrub, url_secrets
+from hybridlab.userimports import import_modules
 
 # Each module defines `add_parser(subparsers)`, which registers its sub-command and sets `func`.
-COMMANDS = ("show", "bench", "run", "worker", "report", "compare")
+COMMANDS = ("show", "bench", "run", "worker", "report", "compare", "rebuild_storage")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--import", dest="imports", action="append", default=[], metavar="MODULE",
-        help="import a Python module first, e.g. one that registers your own blocks (repeatable)",
+        help="import a Python module first (from sys.path or the current folder), e.g. one that registers "
+             "your own blocks; this runs its code (repeatable)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
@@ -37,16 +43,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def import_modules(names: Sequence[str], where: str = "--import") -> None:
-    """Import user modules (their `register_block` calls run on import); one line if one is missing."""
-    for name in names:
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            raise HybridlabError(f"{where}: cannot import {name!r}: {exc} (is it on PYTHONPATH?)") from None
+def known_secrets(argv: Sequence[str]) -> tuple[str, ...]:
+    """Passwords of the storage URLs this process was given (arguments, `--set storage=`, environment)."""
+    urls = [a.split("=", 1)[1] if a.startswith(("storage=", "--storage=")) else a for a in argv if "://" in a]
+    urls.append(os.environ.get("HYBRIDLAB_STORAGE", ""))
+    return tuple(s for url in urls for s in url_secrets(url))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -56,8 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         import_modules(args.imports)
         return int(args.func(args) or 0)
     except HybridlabError as exc:
+        secrets = known_secrets(argv)
         for line in str(exc).splitlines() or [type(exc).__name__]:  # a study file may have several problems
-            print(f"hybridlab {args.command}: {line}", file=sys.stderr)
+            print(f"hybridlab {args.command}: {scrub(line, secrets)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"hybridlab {args.command}: interrupted", file=sys.stderr)

@@ -17,18 +17,24 @@ _QUERY_SECRET_RE = re.compile(r"(?i)([?&;](?:password|passwd|pwd|secret|token)=)
 
 
 def _userinfo(url: str) -> str | None:
-    """The `user:password` part of a URL, if any (before the last '@' of the authority)."""
+    """The `user:password` part of a URL, if any: everything before the last '@' after `scheme://`.
+
+    A password may hold '?', '#', '/' or '@' that a parser would take for the end of the user-info, so
+    the widest reading is the one masked: showing too little of a URL is safe, showing a password is not.
+    """
     if "://" not in url:
         return None
     rest = url.split("://", 1)[1]
     if rest.startswith("/"):
         return None  # sqlite:///path, journal:///path: no authority
-    end = len(rest)
-    for stop in "?#":
-        if stop in rest:
-            end = min(end, rest.index(stop))
-    at = rest.rfind("@", 0, end)
-    return rest[:at] if at >= 0 else None
+    at = rest.rfind("@")
+    if at < 0:
+        return None
+    head = rest[:at]
+    user = head.split(":", 1)[0]
+    if any(c in user for c in "/?#"):
+        return None  # the '@' is in the path or the query; the authority has no user-info
+    return head
 
 
 def mask_password(url: str) -> str:
@@ -44,19 +50,22 @@ def mask_password(url: str) -> str:
 
 
 def url_secrets(url: str | None) -> tuple[str, ...]:
-    """The password(s) a URL carries, raw and percent-decoded."""
+    """The password(s) a URL carries, raw and percent-decoded, and their pieces of 4+ characters
+    (so a fragment quoted by a parser that stopped at a '?', a quote or a space is masked too)."""
     if not url:
         return ()
     found: list[str] = []
     userinfo = _userinfo(url)
     if userinfo and ":" in userinfo:
-        found.append(userinfo.split(":", 1)[1])
+        password = userinfo.split(":", 1)[1]
+        found += [password, password.split("@", 1)[0]]
     found += [m.group(2) for m in _QUERY_SECRET_RE.finditer(url)]
     out: list[str] = []
     for secret in found:
         for variant in (secret, unquote(secret)):
-            if variant and variant not in out:
-                out.append(variant)
+            for piece in (variant, *re.split(r"[^A-Za-z0-9_\-]+", variant)):
+                if piece and piece not in out:
+                    out.append(piece)
     return tuple(out)
 
 

@@ -9,10 +9,12 @@ Everything below uses Optuna's public storage and study API.
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,42 @@ from hybridlab.errors import HybridlabError
 
 class TrialFailure(HybridlabError):
     """A trial that failed for a reason worth recording (NaN loss, OOM, bad candidate); the study goes on."""
+
+
+class StopRequested(BaseException):
+    """SIGTERM or SIGINT arrived: stop after saving what can be saved (exit status 128 + signal number).
+
+    A BaseException that is not KeyboardInterrupt, so no library takes it for a user's Ctrl+C and
+    swallows it (Lightning turns KeyboardInterrupt into exit status 1).
+    """
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        self.exit_code = 128 + signum
+        self.name = signal.Signals(signum).name
+        super().__init__(f"stopped by {self.name}")
+
+
+INTERRUPTS = (KeyboardInterrupt, SystemExit, StopRequested)
+
+
+@contextlib.contextmanager
+def stop_on_signals(signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> Iterator[None]:
+    """Within the block, SIGTERM/SIGINT raise StopRequested (once: a second signal acts as usual)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        signal.signal(signum, signal.SIG_DFL if signum != signal.SIGINT else signal.default_int_handler)
+        raise StopRequested(signum)
+
+    previous = {s: signal.signal(s, handler) for s in signals}
+    try:
+        yield
+    finally:
+        for s, old in previous.items():
+            signal.signal(s, old)
 
 
 def study_id(study: optuna.Study) -> int:
@@ -98,8 +136,8 @@ def run_trial(
     """Run `objective` on a claimed trial and tell the result.
 
     PRUNED for optuna.TrialPruned; FAIL with a one-line `fail_reason` for any other exception (the full
-    traceback goes to `error_log(number)`), so one bad candidate never stops a study. KeyboardInterrupt
-    and SystemExit mark the trial failed as `interrupted` and propagate.
+    traceback goes to `error_log(number)`), so one bad candidate never stops a study. KeyboardInterrupt,
+    SystemExit and StopRequested mark the trial failed as `interrupted` and propagate.
     """
     state: TrialState | None = None
     values: Any = None
@@ -111,8 +149,8 @@ def run_trial(
             state = TrialState.PRUNED
             if str(exc) and "fail_reason" not in trial.user_attrs:
                 trial.set_user_attr("fail_reason", str(exc))
-        except (KeyboardInterrupt, SystemExit):
-            trial.set_user_attr("fail_reason", "interrupted")
+        except INTERRUPTS as exc:
+            trial.set_user_attr("fail_reason", f"interrupted ({getattr(exc, 'name', type(exc).__name__)})")
             study.tell(trial, state=TrialState.FAIL)
             raise
         except Exception as exc:  # recorded, not raised: the study goes on with the next trial

@@ -1,10 +1,7 @@
-"""Run a study: every trial builds, measures, gates on constraints, trains, validates and records.
+"""Run a study: open (or create) its storage, plan its trials, work through them, keep its files.
 
-Trial flow (one trial = one architecture x one seed):
-
-    candidate (grid cell or sampler suggestion) -> ModelSpec -> de-duplicate by (arch_hash, seed, fidelity)
-    -> measure (cached per arch_hash, profile, environment) -> constraints (prune without training)
-    -> train with Lightning (resuming the checkpoint of an interrupted attempt) -> user_attrs -> trials.csv
+Trial flow (one trial = one architecture x one seed): see studies.objective. The plan: studies.planning.
+The loop and the recovery of dead workers' trials: studies.worker_loop.
 
 Rerunning the same command resumes: finished trials stay, the trial of a dead process is failed and
 retried from its last checkpoint, and the total number of trials is capped across all workers.
@@ -12,33 +9,37 @@ retried from its last checkpoint, and the total number of trials is capped acros
 
 from __future__ import annotations
 
-import gc
-import hashlib
 import json
 import os
-import socket
-import sys
+import re
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
+import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from hybridlab import __version__
-from hybridlab.errors import HybridlabError
+from hybridlab.atomic import atomic_write
+from hybridlab.errors import ConfigError, HybridlabError
 from hybridlab.urls import mask_password
-from search_space.space import Candidate
-from studies.baselines import Baseline
+from studies import planning, preflight, restore
 from studies.config import StudyConfig
-from studies.devlock import DeviceLock
-from studies.loop import TrialFailure, claim_next, fail_stale, run_trial, wait_for_others
-from studies.storage import close_storage, default_storage_url, open_storage, retry_trial, storage_error
+from studies.devlock import lock_timeout
+from studies.loop import INTERRUPTS
+from studies.objective import TrialObjective, plain, profile_dict
+from studies.processes import alive
+from studies.record import SETTINGS_ATTR, check_settings, settings_record
+from studies.samplers import make_sampler
+from studies.storage import close_storage, default_storage_url, open_storage, retry_failed, storage_error
+from studies.worker_loop import count, progress_line, work
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+DEFAULT_MAX_RETRIES = 2  # a failed trial is tried again on the next runs, at most this many times
 
 
 @dataclass
@@ -48,13 +49,54 @@ class RunOptions:
     n_trials: int | None = None
     device: str | None = None  # e.g. "cuda:1"; default: the measurement profile's device
     progress: bool = True
-    report: bool = True
     max_consecutive_failures: int = 5
+    retry_failed: bool = False  # retry every failed trial, however often it failed before
+    max_retries: int | None = None  # default: the study file's `max_retries` (2)
     echo: Callable[[str], None] = print
 
 
+@dataclass
+class StudyRun:
+    """What one `run_study` call did: the study, and the trials this process finished, by state."""
+
+    study: optuna.Study
+    complete: int = 0
+    pruned: int = 0
+    failed: int = 0
+
+    def summary(self) -> str:
+        return f"{self.complete} complete, {self.pruned} pruned, {self.failed} failed"
+
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
+STALE_TEMP_S = 900  # an atomic write takes far less; an older temporary file is left by a killed process
+
+
 def study_folder(results_dir: Path | str, name: str) -> Path:
+    """`<results_dir>/<name>`; the name must be a plain folder name (no separators, newlines or `..`)."""
+    if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name) or ".." in name:
+        raise ConfigError(f"{name!r} is not a safe folder name (letters, digits, '_', '-', '.'; up to 128)", "name")
     return Path(results_dir) / name
+
+
+def remove_stale_temp_files(folder: Path, now: float | None = None) -> list[Path]:
+    """Remove the temporary files a killed process left in a study folder (atomic writes, write probes)."""
+    now = time.time() if now is None else now
+    removed = []
+    for path in [*folder.rglob(".*.tmp"), *folder.glob(".write-test-*")]:
+        try:
+            pid = path.name.rsplit("-", 1)[-1]
+            if path.name.startswith(".write-test-"):
+                stale = pid.isdigit() and not alive(int(pid))
+            else:
+                stale = now - path.stat().st_mtime > STALE_TEMP_S
+            if stale and path.is_file():
+                path.unlink()
+                removed.append(path)
+        except OSError:
+            continue
+    return removed
+
 
 
 class StudyRunner:
@@ -66,10 +108,11 @@ class StudyRunner:
         self.folder = study_folder(options.results_dir, config.name)
         self.storage_url = options.storage or config.storage or default_storage_url(options.results_dir, config.name)
         self.shown_url = mask_password(self.storage_url)
-        self.candidates = config.space.candidates() if config.sampler["name"] == "grid" else None
-        self._grid_keys = _grid_keys(self.candidates) if self.candidates is not None else {}
-        self._datamodule = None
+        candidates = config.space.candidates() if config.sampler["name"] == "grid" else None
+        self.keys = planning.grid_keys(candidates) if candidates is not None else None
+        self.objective = TrialObjective(config, self.folder, self.keys, options.device, options.progress, options.echo)
         self.study: optuna.Study | None = None
+        self.finished_here: list[FrozenTrial] = []
 
     # -- set-up ---------------------------------------------------------------------------------
     def open(self) -> optuna.Study:
@@ -78,18 +121,26 @@ class StudyRunner:
             return self._open()
 
     def _open(self) -> optuna.Study:
+        device = self.options.device or str(self.config.measure.get("device", "auto"))
+        preflight.check_device(device, "--device" if self.options.device else "measure.device")
+        preflight.check_data(self.objective.datamodule(), str(self.config.data.get("name")))
+        lock_timeout()  # a bad HYBRIDLAB_LOCK_TIMEOUT_S would fail every trial
         _ensure_folder(self.folder)
+        remove_stale_temp_files(self.folder)
+        restore.guard_before_open(self.folder, self.config.name, self.storage_url)
         storage = open_storage(self.storage_url)
         created = True
+        sampler = make_sampler(self.config.sampler)
         try:
+            restore.guard_before_create(self.folder, self.config.name, self.storage_url, storage)
             try:
                 study = optuna.create_study(
                     study_name=self.config.name, storage=storage, directions=self.config.directions,
-                    sampler=self._sampler(), load_if_exists=False,
+                    sampler=sampler, load_if_exists=False,
                 )
             except optuna.exceptions.DuplicatedStudyError:
                 created = False
-                study = optuna.load_study(study_name=self.config.name, storage=storage, sampler=self._sampler())
+                study = optuna.load_study(study_name=self.config.name, storage=storage, sampler=sampler)
         except HybridlabError:
             raise
         except Exception as exc:
@@ -102,127 +153,58 @@ class StudyRunner:
             )
         self.study = study
         if created:
+            planning.claim_planning(study)
             study.set_metric_names(self.config.metric_names)
-            self._plan(study)
+            study.set_user_attr(SETTINGS_ATTR, settings_record(self.config))
         else:
-            self._wait_for_plan(study)
-            self._plan(study)  # a larger target (--n-trials or the study file) extends the plan
+            check_settings(study, self.config, self.shown_url)
+            planning.await_plan(study, self.options.echo)
+        max_retries = self.options.max_retries
+        if max_retries is None:
+            max_retries = getattr(self.config, "max_retries", DEFAULT_MAX_RETRIES)
+        for number in retry_failed(study, max_retries, force=self.options.retry_failed):
+            self.options.echo(f"[trial {number}] failed before: queued for another attempt")
+        # a larger target (--n-trials or the study file) extends the plan
+        planning.plan(study, self.config, self.keys, self.target_architectures())
         self._write_files()
         return study
 
-    def _sampler(self) -> optuna.samplers.BaseSampler:
-        """Grid cells are all queued up front, so a grid study only needs a sampler that is never asked."""
-        cfg = self.config.sampler
-        seed = cfg.get("seed", 0)
-        name = cfg["name"]
-        if name == "tpe":
-            return optuna.samplers.TPESampler(seed=seed, n_startup_trials=cfg.get("n_startup_trials", 5))
-        if name == "nsga2":
-            return optuna.samplers.NSGAIISampler(seed=seed, population_size=cfg.get("population_size", 8))
-        if name == "gp":
-            return optuna.samplers.GPSampler(seed=seed, n_startup_trials=cfg.get("n_startup_trials", 5))
-        return optuna.samplers.RandomSampler(seed=seed)
-
-    # -- the plan: every trial is queued before any runs ---------------------------------------
     def target_architectures(self) -> int:
         """How many architectures the study trains (each once per seed)."""
-        if self.options.n_trials is not None:
-            target = self.options.n_trials
-        elif self.config.n_trials is not None:
-            target = self.config.n_trials
-        else:
-            target = len(self._grid_keys)
-        return min(target, len(self._grid_keys)) if self.candidates is not None else target
-
-    def _plan(self, study: optuna.Study) -> None:
-        """Queue the trials up to the target: grid cells in study-file order (x seeds), or sampling slots.
-
-        Only the process that created the study (or one asked for more trials) plans, so the number of
-        trials is exact however many workers run.
-        """
-        trials = study.get_trials(deepcopy=False)
-        slots = {t.user_attrs["slot"] for t in trials if "slot" in t.user_attrs}
-        have = {t.user_attrs["baseline"] for t in trials if "baseline" in t.user_attrs}
-        for baseline in self.config.baselines:  # first, so the report has its references early
-            if baseline.label not in have:
-                for seed in self.config.seeds:
-                    study.enqueue_trial({"baseline": baseline.label, "seed": seed},
-                                        user_attrs={"baseline": baseline.label, "seed": seed})
-        target = self.target_architectures()
-        for slot in range(target):
-            if slot in slots:
-                continue
-            if self.candidates is not None:
-                key = list(self._grid_keys)[slot]
-                for seed in self.config.seeds:
-                    study.enqueue_trial({"candidate": key, "seed": seed}, user_attrs={"slot": slot, "seed": seed})
-            else:
-                study.enqueue_trial({}, user_attrs={"slot": slot, "seed": self.config.seeds[0]})
-        study.set_user_attr("planned_architectures", max(target, len(slots)))
-
-    def _wait_for_plan(self, study: optuna.Study, timeout_s: float = 120.0) -> None:
-        """A worker that joins a study just created elsewhere waits until its plan is queued."""
-        deadline = time.time() + timeout_s
-        while "planned_architectures" not in study.user_attrs:
-            if time.time() > deadline:
-                raise HybridlabError(
-                    f"study {self.config.name!r} in {self.shown_url} has no trial plan; was it created by "
-                    "another tool? Use a new study name"
-                )
-            time.sleep(0.5)
+        return planning.target_architectures(self.config, self.options.n_trials, self.keys)
 
     def _write_files(self) -> None:
-        _atomic_write(self.folder / "study.yaml", self.config.to_yaml())
+        atomic_write(self.folder / "study.yaml", stored_study_file(self.config))
         manifest = {
             "study": self.config.name,
             "description": self.config.description,
             "objectives": [{"name": o.name, "direction": o.direction} for o in self.config.objectives],
             "storage": self.shown_url,
             "ablation": self.config.ablation,
-            "measure": self._profile_dict(),
+            "measure": profile_dict(self.config, self.options.device),
             "data": {k: v for k, v in self.config.data.items() if not k.startswith("_")},
-            "train": _plain(self.config.recipe),
+            "train": plain(self.config.recipe),
             "seeds": self.config.seeds,
             "sampler": self.config.sampler,
             "env": _environment(),
             "hybridlab": __version__,
         }
-        _atomic_write(self.folder / "manifest.json", json.dumps(manifest, indent=2, default=str))
-
-    def _profile_dict(self) -> dict[str, Any]:
-        profile = dict(self.config.measure)
-        if self.options.device:
-            profile["device"] = self.options.device
-        return profile
+        atomic_write(self.folder / "manifest.json", json.dumps(manifest, indent=2, default=str))
 
     # -- the loop -----------------------------------------------------------------------------
     def run(self) -> optuna.Study:
         study = self.study or self.open()
-        finished = _count(study, FINISHED)
-        queued = _count(study, (TrialState.WAITING,))
+        finished = count(study, FINISHED)
+        queued = count(study, (TrialState.WAITING,))
         self.options.echo(
             f"study {self.config.name}: {finished} trials finished, {queued} to run; storage {self.shown_url}"
         )
-        failures = _FailureGuard(self.options.max_consecutive_failures)
         try:
-            while not failures.tripped:
-                self._recover(study)
-                trial = claim_next(study)
-                if trial is None:
-                    if wait_for_others(study, poll_s=2.0, tick=lambda: self._recover(study)):
-                        continue
-                    break
-                try:
-                    frozen = run_trial(study, trial, self.objective, self._error_log)
-                except (KeyboardInterrupt, SystemExit):
-                    retry_trial(study, study._storage.get_trial(trial._trial_id))
-                    self._write_table()
-                    raise
-                self._enqueue_other_seeds(study, frozen)
-                failures(frozen)
-                self._after_trial(study, frozen)
-                gc.collect()
-        except HybridlabError:
+            failures = work(
+                study, self.objective, on_trial=self._after_trial, error_log=self._error_log,
+                echo=self.options.echo, max_consecutive_failures=self.options.max_consecutive_failures,
+            )
+        except (HybridlabError, *INTERRUPTS):
             self._write_table()
             raise
         except Exception as exc:
@@ -235,197 +217,15 @@ class StudyRunner:
             raise HybridlabError(f"stopped after {failures.limit} failed trials in a row; last: {failures.last_reason}")
         return study
 
-    def _recover(self, study: optuna.Study) -> None:
-        fail_stale(study)
-        recover_dead_local_trials(study, self.options.echo)
-
     def _error_log(self, number: int) -> Path:
         return self.folder / "trials" / str(number) / "error.log"
 
-    def _enqueue_other_seeds(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        """A sampled architecture is trained with every seed: queue the other seeds with the same params."""
-        if self.candidates is not None or "slot" not in trial.user_attrs or "retry_of" in trial.user_attrs:
-            return
-        if trial.state == TrialState.FAIL or "seed_of" in trial.user_attrs:
-            return
-        for seed in self.config.seeds[1:]:
-            study.enqueue_trial(trial.params, user_attrs={"seed": seed, "seed_of": trial.number})
-
-    # -- one trial ------------------------------------------------------------------------------
-    def objective(self, trial: optuna.Trial) -> tuple[float, ...] | float:
-        arch, seed = self._pick(trial)
-        fidelity = self._fidelity()
-        attrs = {
-            "pattern": arch.pattern,
-            "arch_hash": arch.arch_hash,
-            "family": arch.family,
-            "label": arch.label,
-            "seed": seed,
-            "fidelity": fidelity,
-            "worker": f"{socket.gethostname()}:{os.getpid()}",
-            "is_baseline": arch.is_baseline,
-            "model": arch.settings(),
-        }
-        for key, value in attrs.items():
-            trial.set_user_attr(key, value)
-        prior = self._finished_twin(trial, attrs["arch_hash"], seed, fidelity)
-        if prior is not None:
-            return self._reuse(trial, prior)
-        figures = self._measure(arch)
-        for key, value in figures.items():
-            trial.set_user_attr(key, value)
-        violations = self._gate(trial, figures)
-        if violations:
-            reason = "infeasible: " + "; ".join(violations)
-            trial.set_user_attr("fail_reason", reason)
-            raise optuna.TrialPruned(reason)
-        metrics = self._train(trial, arch, seed)
-        for key, value in metrics.items():
-            trial.set_user_attr(key, value)
-        values = []
-        for objective in self.config.objectives:
-            value = metrics.get(objective.name, figures.get(objective.name))
-            if value is None:
-                raise TrialFailure(f"objective {objective.name!r} was not measured")
-            values.append(float(value))
-        return values[0] if len(values) == 1 else tuple(values)
-
-    def _pick(self, trial: optuna.Trial) -> tuple[Candidate | Baseline, int]:
-        """The architecture and seed of a trial: a baseline, a grid cell, or the sampler's suggestion."""
-        if "baseline" in trial.user_attrs:
-            label = trial.suggest_categorical("baseline", [b.label for b in self.config.baselines])
-            seed = int(trial.suggest_categorical("seed", list(self.config.seeds)))
-            return next(b for b in self.config.baselines if b.label == label), seed
-        if self.candidates is not None:
-            key = trial.suggest_categorical("candidate", list(self._grid_keys))
-            seed = int(trial.suggest_categorical("seed", list(self.config.seeds)))
-            return self._grid_keys[key], seed
-        cand = self.config.space.suggest(trial)
-        return cand, int(trial.user_attrs.get("seed", self.config.seeds[0]))
-
-    def _fidelity(self) -> str:
-        """What besides the architecture and seed decides a result: data, recipe, image size."""
-        data = {k: v for k, v in self.config.data.items() if not k.startswith("_")}
-        blob = json.dumps({"data": data, "train": _plain(self.config.recipe)}, sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-    def _finished_twin(self, trial: optuna.Trial, arch_hash: str, seed: int, fidelity: str) -> FrozenTrial | None:
-        for other in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            attrs = other.user_attrs
-            if (
-                attrs.get("arch_hash") == arch_hash
-                and attrs.get("seed") == seed
-                and attrs.get("fidelity") == fidelity
-                and other.number != trial.number
-            ):
-                return other
-        return None
-
-    def _reuse(self, trial: optuna.Trial, prior: FrozenTrial) -> tuple[float, ...] | float:
-        for key, value in prior.user_attrs.items():
-            if key not in trial.user_attrs or key in ("fail_reason",):
-                trial.set_user_attr(key, value)
-        source = prior.user_attrs.get("reused_from", prior.number)
-        trial.set_user_attr("reused_from", source)
-        values = prior.values
-        return values[0] if len(values) == 1 else tuple(values)
-
-    def _measure(self, arch: Candidate | Baseline) -> dict[str, Any]:
-        """Figures from the cache, or measured while holding the device exclusively."""
-        from hybridlab.measure import MeasureCache, MeasureProfile, measure, measure_key
-
-        profile = MeasureProfile.from_dict(self._profile_dict())
-        cache = MeasureCache(self.folder / "measure-cache")
-        target, settings = arch.measure_target()
-        key = measure_key(target, profile, **settings)
-        record = cache.get(key)
-        if record is None:
-            with device_lock(profile.device, exclusive=True):
-                record = cache.get_or_measure(key, lambda: measure(target, profile, **settings))
-        data = record.to_dict() if hasattr(record, "to_dict") else dict(record)
-        keep = (
-            "params", "macs", "flops", "throughput_img_s", "latency_ms", "latency_iqr_ms",
-            "train_throughput_img_s", "peak_mem_mb",
-        )
-        figures = {k: data[k] for k in keep if data.get(k) is not None}
-        figures["measure_env"] = data.get("env", {})
-        return figures
-
-    def _gate(self, trial: optuna.Trial, figures: dict[str, Any]) -> list[str]:
-        constraints = self.config.constraints
-        if not constraints.active:
-            return []
-        for name, value in constraints.values(figures).items():
-            trial.set_constraint(name, value)
-        return constraints.violated(figures)
-
-    def _train(self, trial: optuna.Trial, arch: Candidate | Baseline, seed: int) -> dict[str, Any]:
-        from studies.training import NonFiniteLossError, train_and_evaluate
-
-        folder = self.folder / "trials" / str(trial.number)
-        folder.mkdir(parents=True, exist_ok=True)
-        resume = self._resume_checkpoint(trial)
-        if resume is not None:
-            trial.set_user_attr("resumed_from", str(resume))
-            self.options.echo(f"[trial {trial.number}] resuming from {resume}")
-        model = arch.build()
-        datamodule = self._get_datamodule()
-        try:
-            with device_lock(self._train_device(), exclusive=False):
-                result = train_and_evaluate(
-                    model,
-                    datamodule,
-                    self.config.recipe,
-                    root_dir=folder,
-                    seed=seed,
-                    resume_from=resume,
-                    progress_bar=self.options.progress and sys.stderr.isatty(),
-                    **self._trainer_devices(),
-                )
-        except NonFiniteLossError as exc:
-            trial.set_user_attr("fail_reason", str(exc))
-            raise TrialFailure(str(exc)) from None
-        except MemoryError as exc:
-            trial.set_user_attr("fail_reason", f"out of memory: {exc}")
-            raise TrialFailure(f"out of memory: {exc}") from None
-        metrics = {k: v for k, v in result.items() if isinstance(v, (int, float, str)) or v is None}
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in metrics.items()}
-
-    def _train_device(self) -> str:
-        return self.options.device or str(self.config.measure.get("device", "auto"))
-
-    def _trainer_devices(self) -> dict[str, Any]:
-        """Lightning's accelerator/devices for this worker: its own GPU, or `devices` of them for DDP."""
-        device = self._train_device()
-        if device.startswith("cuda"):
-            index = device.split(":", 1)[1] if ":" in device else None
-            if self.config.devices == 1 and index is not None:
-                return {"accelerator": "gpu", "devices": [int(index)]}
-            return {"accelerator": "gpu", "devices": self.config.devices}
-        if device == "cpu":
-            return {"accelerator": "cpu", "devices": self.config.devices}
-        return {"accelerator": "auto", "devices": self.config.devices}
-
-    def _resume_checkpoint(self, trial: optuna.Trial) -> Path | None:
-        """The last checkpoint of the attempts this trial retries, most recent first."""
-        for number in reversed(trial.user_attrs.get("retry_history", [])):
-            ckpt = self.folder / "trials" / str(number) / "last.ckpt"
-            if ckpt.is_file():
-                return ckpt
-        return None
-
-    def _get_datamodule(self):
-        if self._datamodule is None:
-            from studies.data import make_datamodule
-
-            cfg = {k: v for k, v in self.config.data.items() if not k.startswith("_")}
-            self._datamodule = make_datamodule(**cfg)
-        return self._datamodule
-
-    # -- after each trial -----------------------------------------------------------------------
-    def _after_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+    def _after_trial(self, trial: FrozenTrial) -> None:
+        assert self.study is not None
+        self.finished_here.append(trial)
+        planning.enqueue_other_seeds(self.study, self.config, self.keys is not None, trial)
         self._write_table()
-        self.options.echo(self._progress_line(study, trial))
+        self.options.echo(progress_line(self.study, trial))
 
     def _write_table(self) -> None:
         if self.study is None:
@@ -437,115 +237,13 @@ class StudyRunner:
         except Exception as exc:  # the storage keeps everything; the table is a convenience copy
             self.options.echo(f"warning: could not write {self.folder / 'trials.csv'}: {exc}")
 
-    def _progress_line(self, study: optuna.Study, trial: FrozenTrial) -> str:
-        attrs = trial.user_attrs
-        pattern = attrs.get("pattern", "?")
-        if trial.state == TrialState.COMPLETE:
-            front = {t.number for t in _best_trials(study)}
-            top1 = attrs.get("top1")
-            thr = attrs.get("throughput_img_s")
-            parts = [
-                f"top1 {top1:.2f}" if isinstance(top1, (int, float)) else "top1 ?",
-                f"{thr:,.0f} img/s" if isinstance(thr, (int, float)) else "? img/s",
-                "on front" if trial.number in front else "dominated",
-            ]
-            if "reused_from" in attrs:
-                parts.append(f"reused trial {attrs['reused_from']}")
-            status = " | ".join(parts)
-        elif trial.state == TrialState.PRUNED:
-            status = f"pruned: {attrs.get('fail_reason', 'pruned')}"
-        else:
-            status = f"FAILED: {attrs.get('fail_reason', 'see log')}"
-        seed = attrs.get("seed", "?")
-        return f"[trial {trial.number}] {pattern} (seed {seed}) | {status}"
 
-
-# -- helpers shared with the worker --------------------------------------------------------------
-
-class _FailureGuard:
-    """Trips after `limit` failed trials in a row: a systematic error should not burn the whole plan."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.count = 0
-        self.tripped = False
-        self.last_reason = ""
-
-    def __call__(self, trial: FrozenTrial) -> None:
-        if trial.state == TrialState.FAIL:
-            self.count += 1
-            self.last_reason = trial.user_attrs.get("fail_reason", "see the log above")
-            self.tripped = self.count >= self.limit
-        else:
-            self.count = 0
-
-
-def recover_dead_local_trials(study: optuna.Study, echo: Callable[[str], None] = print) -> list[int]:
-    """Fail RUNNING trials whose worker process on this host is gone, and queue their retries.
-
-    The heartbeat catches dead workers anywhere, but only after its grace period; a worker on the same
-    host can tell at once from the process id. The retry carries `retry_history` like Optuna's own
-    stale-trial callback, so it resumes from the dead attempt's checkpoint.
-    """
-    host = socket.gethostname()
-    recovered = []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = trial.user_attrs.get("worker", "")
-        name, _, pid = worker.rpartition(":")
-        if name != host or not pid.isdigit() or _alive(int(pid)):
-            continue
-        try:  # the reason first: a finished trial takes no more attributes
-            study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", f"worker {worker} died")
-            if not study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
-                continue
-        except optuna.exceptions.UpdateFinishedTrialError:  # another worker got there first
-            continue
-        retry_trial(study, study._storage.get_trial(trial._trial_id))
-        recovered.append(trial.number)
-        echo(f"[trial {trial.number}] its worker {worker} is gone: marked failed and queued for a retry")
-    return recovered
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie child counts as dead
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
-def _count(study: optuna.Study, states: Sequence[TrialState]) -> int:
-    return len(study.get_trials(deepcopy=False, states=tuple(states)))
-
-
-def _best_trials(study: optuna.Study) -> list[FrozenTrial]:
-    try:
-        if len(study.directions) == 1:
-            return [study.best_trial]
-        return study.best_trials
-    except ValueError:
-        return []
-
-
-def _grid_keys(candidates: list[Candidate]) -> dict[str, Candidate]:
-    """Readable, unique grid values: the label, with a suffix where two candidates share one."""
-    keys: dict[str, Candidate] = {}
-    for cand in candidates:
-        key = cand.label
-        i = 2
-        while key in keys:
-            key = f"{cand.label}#{i}"
-            i += 1
-        keys[key] = cand
-    return keys
+def stored_study_file(config: StudyConfig) -> str:
+    """The study file as run, for `results/<study>/study.yaml`: its storage URL's password masked."""
+    raw = dict(config.raw)
+    if isinstance(raw.get("storage"), str):
+        raw["storage"] = mask_password(raw["storage"])
+    return yaml.safe_dump(raw, sort_keys=False)
 
 
 def _ensure_folder(folder: Path) -> None:
@@ -556,22 +254,6 @@ def _ensure_folder(folder: Path) -> None:
         probe.unlink()
     except OSError as exc:
         raise HybridlabError(f"results folder {folder} is not writable: {exc.strerror or exc}") from None
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _plain(obj: Any) -> Any:
-    if hasattr(obj, "to_dict"):
-        return obj.to_dict()
-    if hasattr(obj, "__dataclass_fields__"):
-        from dataclasses import asdict
-
-        return asdict(obj)
-    return obj
 
 
 def _environment() -> dict[str, Any]:
@@ -592,13 +274,8 @@ def _is_storage_exception(exc: BaseException) -> bool:
     return module.startswith(("sqlalchemy", "psycopg2", "sqlite3", "optuna.storages"))
 
 
-def device_lock(device: str, exclusive: bool) -> DeviceLock:
-    """Measurements take the device exclusively, training shares it (see studies.devlock)."""
-    return DeviceLock(device, exclusive=exclusive)
-
-
-def run_study(config: StudyConfig, options: RunOptions | None = None) -> optuna.Study:
-    """Open (or resume) the study and run it to its trial budget; optionally write its report."""
+def run_study(config: StudyConfig, options: RunOptions | None = None) -> StudyRun:
+    """Open (or resume) the study and run it to its trial budget (the `run` command writes the report)."""
     options = options or RunOptions()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial comes from the runner
     runner = StudyRunner(config, options)
@@ -609,9 +286,5 @@ def run_study(config: StudyConfig, options: RunOptions | None = None) -> optuna.
         if runner.study is not None:
             close_storage(runner.study._storage)
     options.echo(f"study {config.name}: done in {time.time() - started:.0f} s; results in {runner.folder}")
-    if options.report:
-        from reports import build_report
-
-        out = build_report(str(runner.folder), results_dir=options.results_dir)
-        options.echo(f"report: {out}")
-    return study
+    done = [t.state for t in runner.finished_here]
+    return StudyRun(study, done.count(TrialState.COMPLETE), done.count(TrialState.PRUNED), done.count(TrialState.FAIL))

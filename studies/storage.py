@@ -45,18 +45,21 @@ def journal_path(url: str) -> Path:
     return Path(url[len("journal://"):])
 
 
-def retry_trial(study: optuna.Study, trial: FrozenTrial, max_retry: int = MAX_RETRY) -> int | None:
+def retry_trial(study: optuna.Study, trial: FrozenTrial, max_retry: int | None = MAX_RETRY) -> int | None:
     """Queue a retry of a failed trial: same params and user attrs, plus `retry_of` and `retry_history`.
 
     Like Optuna's RetryHeartbeatStaleTrialCallback, but the links live in user attrs, which a running
-    trial can read, so the retry finds the checkpoints of the attempts before it. Returns the number of
-    attempts so far, or None when `max_retry` is reached.
+    trial can read, so the retry finds the checkpoints of the attempts before it. `failed_attempts` keeps
+    every earlier attempt's number and reason. Returns the number of attempts so far, or None when
+    `max_retry` (None: no limit) is reached.
     """
     history = [*trial.user_attrs.get("retry_history", []), trial.number]
-    if len(history) > max_retry:
+    if max_retry is not None and len(history) > max_retry:
         return None
+    reasons = [*trial.user_attrs.get("failed_attempts", []),
+               {"trial": trial.number, "reason": trial.user_attrs.get("fail_reason", "unknown")}]
     attrs = {k: v for k, v in trial.user_attrs.items() if k not in ("fail_reason", "worker")}
-    attrs.update(retry_of=trial.number, retry_history=history)
+    attrs.update(retry_of=trial.number, retry_history=history, failed_attempts=reasons)
     study.add_trial(
         optuna.create_trial(
             state=TrialState.WAITING,
@@ -67,6 +70,38 @@ def retry_trial(study: optuna.Study, trial: FrozenTrial, max_retry: int = MAX_RE
         )
     )
     return len(history)
+
+
+def retry_failed(study: optuna.Study, max_retries: int, force: bool = False) -> list[int]:
+    """Queue a retry of every trial that failed on its own (an error, not a dead worker or a signal) and
+    has none yet, if it has been tried at most `max_retries` times; `force` retries every failed trial.
+
+    Trials failed because their worker died or was stopped are retried by whoever failed them, at once;
+    leaving them alone here keeps two workers that open the study together from queuing one twice.
+    Returns the numbers of the trials retried.
+    """
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get("retry_of") for t in trials}
+    queued = []
+    for trial in trials:
+        if trial.state != TrialState.FAIL or trial.number in retried or trial.user_attrs.get("placeholder"):
+            continue
+        reason = str(trial.user_attrs.get("fail_reason", ""))
+        if not force and (not reason or reason.startswith("interrupted") or
+                          (reason.startswith("worker ") and reason.endswith(" died"))):
+            continue
+        if retry_trial(study, trial, None if force else max_retries) is not None:
+            queued.append(trial.number)
+    return queued
+
+
+def is_in_memory(url: str) -> bool:
+    """`sqlite://`, `sqlite:///:memory:` and `?mode=memory` URLs name a database that dies with its process."""
+    if not url.startswith("sqlite:"):
+        return False
+    rest = url[len("sqlite:"):].split("?", 1)
+    path = rest[0].lstrip("/")
+    return path in ("", ":memory:") or (len(rest) > 1 and "mode=memory" in rest[1])
 
 
 def sqlite_path(url: str | None) -> Path | None:
@@ -99,6 +134,9 @@ def open_storage(
     """Open the storage behind `url`, creating it where needed unless `create=False` (readers such as
     reports must never create an empty database); StorageError with one line on failure."""
     shown = mask_password(url)
+    if is_in_memory(url):
+        raise StorageError(f"storage {shown} is an in-memory SQLite database: it would be lost at exit and no other "
+                           "process could see it; use sqlite:///path/to/study.db")
     if not create:
         _require_existing(url, shown)
     if is_journal(url):

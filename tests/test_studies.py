@@ -3,70 +3,21 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 
 import optuna
 import pandas as pd
 import pytest
 import yaml
+from conftest import KILLER, python, run, states, tiny_raw
 from optuna.trial import TrialState
 
 import studies.training
 from hybridlab.cli import main as cli_main
 from studies.config import StudyConfigError, load_study_config
-from studies.runner import RunOptions, run_study
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
-def tiny_raw(**changes) -> dict:
-    """Three tiny candidates on synthetic data: seconds per trial on one CPU core."""
-    raw = {
-        "name": "tiny",
-        "data": {"name": "synthetic", "num_train": 64, "num_val": 32, "num_classes": 4, "img_size": 16, "batch_size": 16},
-        "model": {
-            "pattern": "C | M A", "dim": 8, "in_dim": 8, "num_heads": [1, 2], "window_size": [4, 4],
-            "stem_stride": 2, "drop_path_rate": 0.0,
-        },
-        "search_space": {"layout": {"stages": [2], "family": ["attn_last_half", "attn_first_half", "mixer_only"]}},
-        "train": {"epochs": 1, "lr": 0.01, "warmup_epochs": 0},
-        "measure": {
-            "device": "cpu", "batch_size": 4, "repeats": 1, "warmup_iters": 1, "warmup_s": 0, "iters": 2,
-            "figures": ["compute", "throughput", "latency"],
-        },
-        "sampler": "grid",
-        "seeds": [0],
-    }
-    for key, value in changes.items():
-        node = raw
-        *path, last = key.split("__")
-        for part in path:
-            node = node[part]
-        node[last] = value
-    return raw
-
-
-def run(raw: dict, results: Path, **options):
-    lines: list[str] = []
-    config = load_study_config("tiny.yaml", raw=raw)
-    study = run_study(config, RunOptions(results_dir=results, report=False, echo=lines.append, **options))
-    return study, lines
-
-
-def states(study: optuna.Study) -> list[str]:
-    return [t.state.name for t in study.get_trials(deepcopy=False)]
-
-
-@pytest.fixture(autouse=True)
-def _private_lock_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("HYBRIDLAB_LOCK_DIR", str(tmp_path / "locks"))
-
-
+@pytest.mark.slow
 def test_tiny_grid_study_records_everything(tmp_path) -> None:
     study, lines = run(tiny_raw(), tmp_path)
     assert states(study) == ["COMPLETE"] * 3
@@ -91,6 +42,7 @@ def test_tiny_grid_study_records_everything(tmp_path) -> None:
         assert key in attrs, key
 
 
+@pytest.mark.slow
 def test_rerun_keeps_finished_trials_and_extends_the_plan(tmp_path) -> None:
     run(tiny_raw(), tmp_path, n_trials=2)
     study, lines = run(tiny_raw(), tmp_path, n_trials=2)
@@ -100,6 +52,7 @@ def test_rerun_keeps_finished_trials_and_extends_the_plan(tmp_path) -> None:
     assert states(study) == ["COMPLETE"] * 3
 
 
+@pytest.mark.slow
 def test_duplicate_candidate_is_not_trained_twice(tmp_path, monkeypatch) -> None:
     calls = []
     real = studies.training.train_and_evaluate
@@ -119,15 +72,17 @@ def test_duplicate_candidate_is_not_trained_twice(tmp_path, monkeypatch) -> None
     assert "reused trial 0" in [line for line in lines if line.startswith("[trial")][-1]
 
 
+@pytest.mark.slow
 def test_seeds_give_one_trial_per_architecture_and_seed(tmp_path) -> None:
     raw = tiny_raw(seeds=[0, 1])
     raw["search_space"]["layout"]["family"] = ["attn_last_half", "mixer_only"]
     study, _ = run(raw, tmp_path)
     pairs = [(t.user_attrs["family"], t.user_attrs["seed"]) for t in study.trials]
-    assert pairs == [("attn_last_half", 0), ("attn_last_half", 1), ("mixer_only", 0), ("mixer_only", 1)]
-    assert "reused_from" not in study.trials[1].user_attrs
+    assert pairs == [("attn_last_half", 0), ("mixer_only", 0), ("attn_last_half", 1), ("mixer_only", 1)]  # seed-major
+    assert "reused_from" not in study.trials[2].user_attrs
 
 
+@pytest.mark.slow
 def test_search_sampler_trains_every_seed_of_a_sampled_architecture(tmp_path) -> None:
     raw = tiny_raw(sampler={"name": "tpe", "seed": 0, "n_startup_trials": 2}, n_trials=2, seeds=[0, 1])
     study, _ = run(raw, tmp_path)
@@ -139,6 +94,7 @@ def test_search_sampler_trains_every_seed_of_a_sampled_architecture(tmp_path) ->
     assert sorted(sorted(v) for v in by_arch.values()) == [[0, 1], [0, 1]]
 
 
+@pytest.mark.slow
 def test_grid_runs_each_table5_pattern_exactly_once(tmp_path, monkeypatch) -> None:
     trained = []
 
@@ -158,6 +114,7 @@ def test_grid_runs_each_table5_pattern_exactly_once(tmp_path, monkeypatch) -> No
     assert len(set(trained)) == len(trained) == 6
 
 
+@pytest.mark.slow
 def test_constraints_prune_before_training(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(studies.training, "train_and_evaluate", lambda *a, **k: pytest.fail("trained an infeasible candidate"))
     study, lines = run(tiny_raw(constraints={"max_params": 10}), tmp_path, n_trials=1)
@@ -168,6 +125,7 @@ def test_constraints_prune_before_training(tmp_path, monkeypatch) -> None:
     assert "pruned: infeasible" in [line for line in lines if line.startswith("[trial")][-1]
 
 
+@pytest.mark.slow
 def test_nan_loss_fails_the_trial_and_the_study_goes_on(tmp_path, monkeypatch) -> None:
     from blocks.spec import ModelSpec
 
@@ -248,41 +206,13 @@ def test_builtin_study_files_are_valid() -> None:
 
 # --- crashes and several workers ---------------------------------------------------------------------
 
-KILLER = textwrap.dedent(
-    """
-    import os, signal, sys
-    import lightning as L
-    import studies.training
-    from hybridlab.cli import main
-
-    real = studies.training.train_and_evaluate
-
-    class Kill(L.Callback):
-        def on_train_epoch_start(self, trainer, module):
-            if trainer.current_epoch == KILL_AT_EPOCH:
-                os.kill(os.getpid(), signal.SIGKILL)
-
-    def train(*args, **kwargs):
-        kwargs["callbacks"] = [*kwargs.get("callbacks", ()), Kill()]
-        return real(*args, **kwargs)
-
-    studies.training.train_and_evaluate = train
-    sys.exit(main(sys.argv[1:]))
-    """
-)
-
-
-def _python(script: str, *args: str, env: dict | None = None) -> subprocess.Popen:
-    environ = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.Popen([sys.executable, "-c", script, *args], cwd=ROOT, env=environ,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_killed_trial_resumes_from_its_checkpoint(tmp_path) -> None:
     raw = tiny_raw(train__epochs=3)
     study_file = tmp_path / "tiny.yaml"
     study_file.write_text(yaml.safe_dump(raw))
-    proc = _python(KILLER.replace("KILL_AT_EPOCH", "2"), "run", str(study_file), "--results-dir", str(tmp_path),
+    proc = python(KILLER.replace("KILL_AT_EPOCH", "2"), "run", str(study_file), "--results-dir", str(tmp_path),
                    "--n-trials", "1", "--no-report", env={"HYBRIDLAB_LOCK_DIR": str(tmp_path / "locks")})
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == -signal.SIGKILL, out
@@ -301,6 +231,8 @@ def test_killed_trial_resumes_from_its_checkpoint(tmp_path) -> None:
 
 
 @pytest.mark.parametrize("storage", ["sqlite", "journal"])
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_two_workers_share_one_study_and_run_exactly_n_trials(tmp_path, storage) -> None:
     raw = tiny_raw(seeds=[0, 1])  # 3 architectures x 2 seeds = 6 trials
     study_file = tmp_path / "tiny.yaml"
@@ -308,7 +240,7 @@ def test_two_workers_share_one_study_and_run_exactly_n_trials(tmp_path, storage)
     url = f"sqlite:///{tmp_path / 'shared.db'}" if storage == "sqlite" else f"journal://{tmp_path / 'shared.log'}"
     script = "import sys; from hybridlab.cli import main; sys.exit(main(sys.argv[1:]))"
     env = {"HYBRIDLAB_LOCK_DIR": str(tmp_path / "locks")}
-    workers = [_python(script, "worker", str(study_file), "--storage", url, "--results-dir", str(tmp_path), env=env)
+    workers = [python(script, "worker", str(study_file), "--storage", url, "--results-dir", str(tmp_path), env=env)
                for _ in range(2)]
     outputs = [w.communicate(timeout=600)[0] for w in workers]
     assert [w.returncode for w in workers] == [0, 0], outputs
@@ -321,6 +253,7 @@ def test_two_workers_share_one_study_and_run_exactly_n_trials(tmp_path, storage)
     assert all(t.values is not None and len(t.values) == 2 for t in trials)
 
 
+@pytest.mark.slow
 def test_baselines_are_trained_and_measured_in_the_same_study(tmp_path) -> None:
     raw = tiny_raw(baselines={"conv_only": {"pattern": "C | C*2"}, "tiny_resnet": {"timm": "resnet10t", "kwargs": {}}})
     raw["search_space"]["layout"]["family"] = ["attn_last_half"]

@@ -2,86 +2,31 @@
 
 from __future__ import annotations
 
-import glob
 import os
-import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
-import tempfile
 import threading
-import time
 from pathlib import Path
 
 import optuna
 import pandas as pd
 import pytest
-import yaml
+from conftest import CLI, KILLER, PASSWORD, free_port, lock_env, python, run, tiny_raw, write_study
 from optuna.trial import TrialState
-from test_studies import KILLER, _python, run, tiny_raw
 
 from hybridlab.cli import main as cli_main
-from studies.devlock import DeviceLock
-
-CLI = "import sys; from hybridlab.cli import main; sys.exit(main(sys.argv[1:]))"
-PASSWORD = "s3cret-pw"
+from hybridlab.errors import HybridlabError
+from studies.devlock import DeviceLock, DeviceLockTimeout
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def postgres_url():
-    """A throwaway PostgreSQL server on a free local port (Debian's `postgresql` package)."""
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb")) or [shutil.which("initdb")]
-    if not found or not found[-1]:
-        pytest.skip("PostgreSQL server binaries are not installed (apt-get install -y postgresql)")
-    bindir = Path(found[-1]).parent
-    base = Path(tempfile.mkdtemp(prefix="hybridlab-pg-"))
-    os.chmod(base, 0o755)
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # initdb refuses to run as root
-        shutil.chown(base, "postgres", "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    data, port = base / "data", _free_port()
-
-    def pg(*args: str) -> None:
-        subprocess.run([*as_user, *args], check=True, capture_output=True, timeout=120)
-
-    pg(str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth-local=trust",
-       "--auth-host=scram-sha-256", "-E", "UTF8")
-    pg(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(base / "log"), "-w", "-o",
-       f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c max_connections=60", "start")
-    try:
-        for sql in (f"CREATE USER hl WITH PASSWORD '{PASSWORD}'", "CREATE DATABASE hl OWNER hl"):
-            pg(str(bindir / "psql"), "-h", str(base), "-p", str(port), "-U", "postgres", "-c", sql)
-        yield f"postgresql://hl:{PASSWORD}@127.0.0.1:{port}/hl"
-    finally:
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True, timeout=60)
-        shutil.rmtree(base, ignore_errors=True)
-
-
-def _study_file(tmp_path: Path, name: str, **changes) -> Path:
-    raw = tiny_raw(**changes)
-    raw["name"] = name
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
-
-
-def _env(tmp_path: Path) -> dict[str, str]:
-    return {"HYBRIDLAB_LOCK_DIR": str(tmp_path / "locks")}
-
-
+@pytest.mark.postgres
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_three_workers_on_postgres_run_exactly_n_trials(tmp_path, postgres_url) -> None:
-    study_file = _study_file(tmp_path, "pg_three", seeds=[0, 1])  # 3 architectures x 2 seeds
-    args = ["worker", str(study_file), "--storage", postgres_url, "--results-dir", str(tmp_path)]
-    workers = [_python(CLI, *args, env=_env(tmp_path)) for _ in range(3)]
+    path = write_study(tmp_path, "pg_three", seeds=[0, 1])  # 3 architectures x 2 seeds
+    args = ["worker", str(path), "--storage", postgres_url, "--results-dir", str(tmp_path)]
+    workers = [python(CLI, *args, env=lock_env(tmp_path)) for _ in range(3)]
     outputs = [w.communicate(timeout=600)[0] for w in workers]
     assert [w.returncode for w in workers] == [0, 0, 0], outputs
     assert all(PASSWORD not in out for out in outputs)
@@ -94,13 +39,16 @@ def test_three_workers_on_postgres_run_exactly_n_trials(tmp_path, postgres_url) 
     assert len({t.user_attrs["worker"] for t in trials}) >= 2  # the work was shared
 
 
+@pytest.mark.postgres
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_killed_worker_trial_is_resumed_by_the_others(tmp_path, postgres_url) -> None:
-    study_file = _study_file(tmp_path, "pg_kill", train__epochs=2, seeds=[0, 1])
-    args = ["worker", str(study_file), "--storage", postgres_url, "--results-dir", str(tmp_path)]
-    victim = _python(KILLER.replace("KILL_AT_EPOCH", "1"), *args, env=_env(tmp_path))
+    path = write_study(tmp_path, "pg_kill", train__epochs=2, seeds=[0, 1])
+    args = ["worker", str(path), "--storage", postgres_url, "--results-dir", str(tmp_path)]
+    victim = python(KILLER.replace("KILL_AT_EPOCH", "1"), *args, env=lock_env(tmp_path))
     victim.communicate(timeout=300)
     assert victim.returncode == -signal.SIGKILL  # died in the middle of its first trial, after one epoch
-    others = [_python(CLI, *args, env=_env(tmp_path)) for _ in range(2)]
+    others = [python(CLI, *args, env=lock_env(tmp_path)) for _ in range(2)]
     outputs = [w.communicate(timeout=600)[0] for w in others]
     assert [w.returncode for w in others] == [0, 0], outputs
     study = optuna.load_study(study_name="pg_kill", storage=postgres_url.replace("postgresql://", "postgresql+psycopg2://"))
@@ -116,6 +64,7 @@ def test_killed_worker_trial_is_resumed_by_the_others(tmp_path, postgres_url) ->
     assert len({(t.params["candidate"], t.params["seed"]) for t in finished}) == 6
 
 
+@pytest.mark.slow
 def test_one_trial_on_two_devices_with_ddp(tmp_path) -> None:
     raw = tiny_raw(devices=2, train__epochs=2)
     raw["search_space"]["layout"]["family"] = ["attn_last_half"]
@@ -125,26 +74,63 @@ def test_one_trial_on_two_devices_with_ddp(tmp_path) -> None:
     assert trial.state == TrialState.COMPLETE and trial.user_attrs["epochs"] == 2
 
 
-def test_measurement_waits_for_training_on_the_same_device(tmp_path, monkeypatch) -> None:
-    monkeypatch.setenv("HYBRIDLAB_LOCK_DIR", str(tmp_path))
+def test_measurement_waits_for_training_on_the_same_device(tmp_path) -> None:
     events: list[str] = []
-    training = DeviceLock("cuda:0", exclusive=False).__enter__()
+    waiting = threading.Event()
+    training = DeviceLock("cuda:0", exclusive=False, study="train-study", echo=None).__enter__()
 
     def measure() -> None:
-        with DeviceLock("cuda", exclusive=True):  # same GPU as cuda:0
+        told = []
+        lock = DeviceLock("cuda", exclusive=True, study="measure-study", echo=lambda line: (told.append(line), waiting.set()))
+        with lock:  # same GPU as cuda:0
             events.append("measure")
+        events.append(told[0])
 
     thread = threading.Thread(target=measure)
     thread.start()
-    time.sleep(0.3)
+    assert waiting.wait(timeout=60)  # the measurement is blocked (it said so) while training holds the device
     events.append("training done")
     training.__exit__(None, None, None)
-    thread.join(timeout=10)
-    assert events == ["training done", "measure"]
+    thread.join(timeout=60)
+    assert events[:2] == ["training done", "measure"]
+    assert f"held by pid {os.getpid()}, study train-study, shared" in events[2]
     with DeviceLock("cuda:0", exclusive=False), DeviceLock("cuda:0", exclusive=False):
         pass  # two trainings may share a device
     with DeviceLock("cuda:1", exclusive=True), DeviceLock("cuda:0", exclusive=False):
         pass  # other GPUs are independent
+    assert not list((tmp_path / "locks").glob("*.holder"))  # the holders' notes go with the locks
+
+
+def test_device_lock_times_out_with_one_line(monkeypatch) -> None:
+    monkeypatch.setenv("HYBRIDLAB_LOCK_TIMEOUT_S", "0.2")
+    with DeviceLock("cpu", exclusive=False, study="busy", echo=None):
+        with pytest.raises(DeviceLockTimeout) as info:
+            with DeviceLock("cpu", exclusive=True, echo=None):
+                pass
+    text = str(info.value)
+    assert "\n" not in text and "device cpu" in text and "study busy" in text and "HYBRIDLAB_LOCK_TIMEOUT_S" in text
+    monkeypatch.setenv("HYBRIDLAB_LOCK_TIMEOUT_S", "soon")
+    with pytest.raises(HybridlabError, match="HYBRIDLAB_LOCK_TIMEOUT_S: expected a positive number"):
+        DeviceLock("cpu", exclusive=True).__enter__()
+
+
+def test_a_long_wait_for_the_device_is_recorded() -> None:
+    from studies.objective import note_wait
+
+    class Trial:
+        user_attrs: dict = {}
+
+        def set_user_attr(self, key, value):
+            self.user_attrs[key] = value
+
+    lock = DeviceLock("cpu", exclusive=True)
+    trial = Trial()
+    lock.waited_s = 1.0
+    note_wait(trial, lock, "measure")
+    assert trial.user_attrs == {}
+    lock.waited_s = 7.25
+    note_wait(trial, lock, "measure")
+    assert trial.user_attrs == {"measure_lock_wait_s": 7.2}
 
 
 # --- one clear line for every broken storage ---------------------------------------------------------
@@ -157,25 +143,26 @@ def _cli(capsys, *args: str) -> tuple[int, list[str]]:
 
 def test_unreachable_database_is_one_line_without_password(tmp_path, capsys, monkeypatch) -> None:
     monkeypatch.setenv("HYBRIDLAB_LOCK_DIR", str(tmp_path / "locks"))
-    study_file = _study_file(tmp_path, "nowhere")
-    url = f"postgresql://hl:{PASSWORD}@127.0.0.1:{_free_port()}/hl"
-    code, err = _cli(capsys, "run", str(study_file), "--storage", url, "--results-dir", str(tmp_path))
+    path = write_study(tmp_path, "nowhere")
+    url = f"postgresql://hl:{PASSWORD}@127.0.0.1:{free_port()}/hl"
+    code, err = _cli(capsys, "run", str(path), "--storage", url, "--results-dir", str(tmp_path))
     assert code == 2 and len(err) == 1, err
     assert err[0].startswith("hybridlab run: cannot reach database postgresql://hl:***@127.0.0.1:")
     assert PASSWORD not in err[0]
 
 
+@pytest.mark.slow
 def test_locked_and_corrupted_sqlite_are_one_line_and_keep_results(tmp_path, capsys, monkeypatch) -> None:
     monkeypatch.setenv("HYBRIDLAB_LOCK_DIR", str(tmp_path / "locks"))
     monkeypatch.setenv("HYBRIDLAB_SQLITE_TIMEOUT", "0.5")
-    study_file = _study_file(tmp_path, "tiny")
-    assert cli_main(["run", str(study_file), "--results-dir", str(tmp_path), "--n-trials", "1", "--no-report"]) == 0
+    path = write_study(tmp_path, "tiny")
+    assert cli_main(["run", str(path), "--results-dir", str(tmp_path), "--n-trials", "1", "--no-report"]) == 0
     capsys.readouterr()
     db = tmp_path / "tiny" / "study.db"
     holder = sqlite3.connect(db)
     holder.execute("BEGIN EXCLUSIVE")
     try:
-        code, err = _cli(capsys, "run", str(study_file), "--results-dir", str(tmp_path), "--no-report")
+        code, err = _cli(capsys, "run", str(path), "--results-dir", str(tmp_path), "--no-report")
     finally:
         holder.rollback()
         holder.close()
@@ -187,7 +174,7 @@ def test_locked_and_corrupted_sqlite_are_one_line_and_keep_results(tmp_path, cap
     broken = tmp_path / "broken"
     (broken / "tiny").mkdir(parents=True)
     (broken / "tiny" / "study.db").write_bytes(b"this is not a database" * 100)
-    code, err = _cli(capsys, "run", str(study_file), "--results-dir", str(broken), "--no-report")
+    code, err = _cli(capsys, "run", str(path), "--results-dir", str(broken), "--no-report")
     assert code == 2 and len(err) == 1 and "is not a SQLite database" in err[0], err
 
 
@@ -202,6 +189,7 @@ def _read_only(folder: Path):
     return lambda: subprocess.run(["mount", "-o", "remount,rw", str(folder)], check=True)
 
 
+@pytest.mark.slow
 def test_read_only_results_folder_is_one_line_and_keeps_results(tmp_path, capsys, monkeypatch) -> None:
     monkeypatch.setenv("HYBRIDLAB_LOCK_DIR", str(tmp_path / "locks"))
     results = tmp_path / "results"
@@ -212,13 +200,13 @@ def test_read_only_results_folder_is_one_line_and_keeps_results(tmp_path, capsys
         if not mounted:
             pytest.skip("cannot mount a tmpfs to make read-only")
     try:
-        study_file = _study_file(tmp_path, "tiny")
-        assert cli_main(["run", str(study_file), "--results-dir", str(results), "--n-trials", "1", "--no-report"]) == 0
+        path = write_study(tmp_path, "tiny")
+        assert cli_main(["run", str(path), "--results-dir", str(results), "--n-trials", "1", "--no-report"]) == 0
         capsys.readouterr()
         before = (results / "tiny" / "trials.csv").read_bytes()
         restore = _read_only(results)
         try:
-            code, err = _cli(capsys, "run", str(study_file), "--results-dir", str(results), "--no-report")
+            code, err = _cli(capsys, "run", str(path), "--results-dir", str(results), "--no-report")
         finally:
             restore()
         assert code == 2 and len(err) == 1, err

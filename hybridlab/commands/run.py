@@ -3,18 +3,38 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from pathlib import Path
+
+STORAGE_ENV = "HYBRIDLAB_STORAGE"
+
+
+def storage_from(args: argparse.Namespace) -> str | None:
+    """`--storage`, else $HYBRIDLAB_STORAGE (kept out of the process list), else None (the study's own)."""
+    return args.storage or os.environ.get(STORAGE_ENV) or None
 
 
 def add_study_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--storage", help="Optuna storage URL (default sqlite:///<results-dir>/<study>/study.db)")
+    parser.add_argument(
+        "--storage", default=None,
+        help="Optuna storage URL (default: $HYBRIDLAB_STORAGE, else the study file's, else "
+             "sqlite:///<results-dir>/<study>/study.db); put a URL with a password in HYBRIDLAB_STORAGE, "
+             "where `ps` does not show it",
+    )
     parser.add_argument("--results-dir", default="results", type=Path, help="where studies write (default ./results)")
-    parser.add_argument("--n-trials", type=int, help="total number of finished trials to reach (across workers)")
+    parser.add_argument("--n-trials", type=int, help="number of architectures to train, each once per seed, across all workers "
+                             "(at most 10,000)")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a study-file value, e.g. --set train.epochs=2 (repeatable)",
     )
     parser.add_argument("--device", help="device for this process, e.g. cuda:1 (default: the study's)")
+    parser.add_argument(
+        "--retry-failed", action="store_true",
+        help="retry every failed trial, however often it failed (by default a failed trial is retried on "
+             "the next runs up to max_retries times, 2 unless the study file says otherwise)",
+    )
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -28,7 +48,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace, report: bool | None = None) -> int:
     from studies.config import load_study_config
-    from studies.runner import RunOptions, run_study
+    from studies.loop import StopRequested, stop_on_signals
+    from studies.runner import RunOptions, run_study, study_folder
 
     if args.n_trials is not None and args.n_trials < 1:
         from hybridlab.errors import ConfigError
@@ -36,14 +57,29 @@ def main(args: argparse.Namespace, report: bool | None = None) -> int:
         raise ConfigError(f"must be at least 1, got {args.n_trials}", "--n-trials")
     config = load_study_config(args.study, overrides=args.overrides)
     if getattr(args, "check", False):
+        from studies import preflight
+        from studies.data import make_datamodule
+
+        device = args.device or str(config.measure.get("device", "auto"))
+        preflight.check_device(device, "--device" if args.device else "measure.device")
+        data = {k: v for k, v in config.data.items() if not k.startswith("_")}
+        preflight.check_data(make_datamodule(**data), str(data.get("name")))
         print(f"{config.source}: ok (search space of {config.space.size():,} assignments, sampler {config.sampler['name']})")
         return 0
-    options = RunOptions(
-        results_dir=args.results_dir,
-        storage=args.storage,
-        n_trials=args.n_trials,
-        device=args.device,
-        report=(not getattr(args, "no_report", False)) if report is None else report,
-    )
-    run_study(config, options)
-    return 0
+    options = RunOptions(results_dir=args.results_dir, storage=storage_from(args), n_trials=args.n_trials,
+                         device=args.device, retry_failed=args.retry_failed)
+    with stop_on_signals():
+        try:
+            done = run_study(config, options)
+        except StopRequested as stop:
+            print(f"hybridlab {args.command}: stopped by {stop.name}; finished trials are kept and the running one "
+                  "resumes from its last checkpoint: run the same command again", file=sys.stderr)
+            return stop.exit_code
+    if (not getattr(args, "no_report", False)) if report is None else report:
+        from reports import build_report
+
+        out = build_report(str(study_folder(args.results_dir, config.name)), results_dir=args.results_dir)
+        print(f"report: {out}")
+    # the last line: what this run did; failed trials make the exit status non-zero (a rerun retries them)
+    print(f"study {config.name}: this run {done.summary()}")
+    return 1 if done.failed else 0

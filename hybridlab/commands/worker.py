@@ -1,5 +1,7 @@
 """`hybridlab worker STUDY --storage URL`: one of many processes working on one shared study.
 
+The URL may come from HYBRIDLAB_STORAGE instead of `--storage`, which keeps its password out of `ps`.
+
 Start as many as you have devices (one per GPU: `--device cuda:N`); the total number of trials is capped
 across all of them, dead workers' trials are retried from their checkpoints, and `hybridlab report`
 reads the shared storage at any time.
@@ -10,7 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from hybridlab.commands.run import add_study_args
+from hybridlab.commands.run import add_study_args, storage_from
 from hybridlab.commands.run import main as run_main
 from hybridlab.errors import ConfigError
 
@@ -23,7 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    if not args.storage:
+    if not storage_from(args):
         raise ConfigError("workers need a shared storage URL (PostgreSQL or journal:///path)", "--storage")
     if args.device and args.device.startswith("cuda:") and "CUDA_VISIBLE_DEVICES" not in os.environ:
         # Pin the process to its GPU so every library in it (Lightning, measurement) sees only that one.
