@@ -45,3 +45,10 @@ class ConfigError(HybridlabError, ValueError):
         else:
             where = f"{prefix}.{self.where}"
         return ConfigError(self.reason, where)
+
+
+class StudyHalt(HybridlabError):
+    """A fault of the machine, not of the candidate (a full disk), that would fail every later trial too.
+
+    The runner records it on the running trial and stops the study instead of going on to the next trial.
+    """

@@ -24,7 +24,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from hybridlab.atomic import atomic_write
-from hybridlab.errors import HybridlabError
+from hybridlab.errors import HybridlabError, StudyHalt
 
 LAST_CKPT = "last.ckpt"
 BEST_NAME = "best"
@@ -33,7 +33,7 @@ _FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 _REQUIRED_KEYS = ("state_dict", "epoch", "global_step")
 
 
-class DiskFullError(HybridlabError):
+class DiskFullError(StudyHalt):
     """No space left (or quota reached) where a trial writes: every later trial would fail the same way."""
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hybridlab.errors import HybridlabError
+from hybridlab.errors import HybridlabError, StudyHalt
 
 
 class TrialFailure(HybridlabError):
@@ -151,6 +151,10 @@ def run_trial(
                 trial.set_user_attr("fail_reason", str(exc))
         except INTERRUPTS as exc:
             trial.set_user_attr("fail_reason", f"interrupted ({getattr(exc, 'name', type(exc).__name__)})")
+            study.tell(trial, state=TrialState.FAIL)
+            raise
+        except StudyHalt as exc:  # the machine, not the candidate: every later trial would fail the same way
+            trial.set_user_attr("fail_reason", str(exc)[:500])
             study.tell(trial, state=TrialState.FAIL)
             raise
         except Exception as exc:  # recorded, not raised: the study goes on with the next trial

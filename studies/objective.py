@@ -29,6 +29,9 @@ from studies.loop import TrialFailure
 KEPT_FIGURES = (
     "params", "macs", "flops", "throughput_img_s", "latency_ms", "latency_iqr_ms",
     "train_throughput_img_s", "peak_mem_mb",
+    # the measurement's spread and whether its windows were taken under contention
+    "throughput_lo", "throughput_hi", "throughput_interval", "throughput_cpu_img_s", "noisy", "noisy_reason",
+    "threads",
 )
 
 
@@ -198,8 +201,9 @@ class TrialObjective:
         if resume is not None:
             trial.set_user_attr("resumed_from", str(resume))
             self.echo(f"[trial {trial.number}] resuming from {resume}")
-        model = arch.build()
         datamodule = self.datamodule()
+        self._check_fits(arch, datamodule)
+        model = arch.build()
         try:
             with device_lock(self.train_device(), False, self.config.name, self.echo) as lock:
                 note_wait(trial, lock, "train")
@@ -211,6 +215,7 @@ class TrialObjective:
                     seed=seed,
                     resume_from=resume,
                     progress_bar=self.progress and sys.stderr.isatty(),
+                    echo=self.echo,
                     **self._trainer_devices(),
                 )
         except NonFiniteLossError as exc:
@@ -238,12 +243,31 @@ class TrialObjective:
         return {"accelerator": "auto", "devices": self.config.devices}
 
     def _resume_checkpoint(self, trial: optuna.Trial) -> Path | None:
-        """The last checkpoint of the attempts this trial retries, most recent first."""
+        """The newest checkpoint of the attempts this trial retries (last, else best), most recent first.
+
+        Training checks it before use and falls back past an unusable one (studies.checkpoints).
+        """
         for number in reversed(trial.user_attrs.get("retry_history", [])):
-            ckpt = self.folder / "trials" / str(number) / "last.ckpt"
-            if ckpt.is_file():
-                return ckpt
+            for name in ("last.ckpt", "best.ckpt"):
+                ckpt = self.folder / "trials" / str(number) / name
+                if ckpt.is_file():
+                    return ckpt
         return None
+
+    def _check_fits(self, arch: Candidate | Baseline, datamodule: Any) -> None:
+        """A candidate whose weights or padded activations cannot fit is pruned with the estimate, unbuilt."""
+        spec = getattr(arch, "spec", None)
+        img_size = getattr(datamodule, "img_size", None) or self.config.data.get("img_size")
+        batch = getattr(datamodule, "batch_size", None) or self.config.data.get("batch_size")
+        if spec is None or not img_size or not batch:
+            return
+        from blocks.preflight import check_fits
+        from hybridlab.errors import ConfigError
+
+        try:
+            check_fits(spec, int(img_size), int(batch), training=True, device=self.train_device())
+        except ConfigError as exc:
+            raise optuna.TrialPruned(exc.reason) from None
 
     def datamodule(self) -> Any:
         """The study's data module, built once and shared by its trials."""

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import functools
 import os
+import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +125,9 @@ def with_driver(url: str) -> str:
     return url
 
 
+CREATE_RACE_TRIES = 5  # opening a new database from several workers at once: see _lost_creation_race
+
+
 def open_storage(
     url: str,
     *,
@@ -159,17 +164,29 @@ def open_storage(
     else:
         engine_kwargs = {"pool_pre_ping": True}
     retry = functools.partial(retry_trial, max_retry=max_retry) if heartbeat_interval else None
-    try:
-        return RDBStorage(
-            with_driver(url),
-            engine_kwargs=engine_kwargs,
-            skip_table_creation=not create,
-            heartbeat_interval=heartbeat_interval or None,
-            grace_period=grace_period if heartbeat_interval else None,
-            heartbeat_stale_trial_callback=retry,
-        )
-    except Exception as exc:  # SQLAlchemy, driver and Optuna errors all become one line
-        raise storage_error(exc, url) from None
+    for attempt in range(CREATE_RACE_TRIES):
+        try:
+            return RDBStorage(
+                with_driver(url),
+                engine_kwargs=engine_kwargs,
+                skip_table_creation=not create,
+                heartbeat_interval=heartbeat_interval or None,
+                grace_period=grace_period if heartbeat_interval else None,
+                heartbeat_stale_trial_callback=retry,
+            )
+        except Exception as exc:  # SQLAlchemy, driver and Optuna errors all become one line
+            if create and attempt + 1 < CREATE_RACE_TRIES and _lost_creation_race(exc):
+                time.sleep(0.2 * (attempt + 1) + random.random() * 0.3)  # the winner's tables exist by now
+                continue
+            raise storage_error(exc, url) from None
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _lost_creation_race(exc: BaseException) -> bool:
+    """Several workers creating the tables of a new PostgreSQL/MySQL database at once: all but one fail with a
+    duplicate-key error on the catalogue (e.g. pg_type); opening again then finds the tables made."""
+    text = f"{type(root_cause(exc)).__name__} {root_cause(exc)}".lower()
+    return "uniqueviolation" in text or "duplicate key" in text or "already exists" in text
 
 
 def close_storage(storage: optuna.storages.BaseStorage) -> None:

@@ -120,6 +120,11 @@ def measure(
     profile, settings = split_overrides(profile, overrides)
     profile = profile.resolved()
     source = resolve_source(model, profile, settings)
+    if source.spec is not None:  # refuse a model that cannot fit before allocating it (one line with the estimate)
+        from blocks.preflight import check_fits
+
+        check_fits(source.spec, profile.img_size, profile.batch_size, training="train" in profile.figures,
+                   device=profile.device)
     if label:
         source.label = label
     with numeric_settings(profile):

@@ -28,6 +28,7 @@ class ModelSource:
     arch_id: str
     build: Callable[[], nn.Module] | None = None
     module: nn.Module | None = None
+    spec: Any = None  # the ModelSpec, when the model came from one (for the pre-flight size check)
 
     @property
     def given(self) -> bool:
@@ -142,13 +143,13 @@ def resolve_model(
         return ModelSource(label=type(model).__name__, arch_id=module_arch_id(model), module=model)
     if isinstance(model, ModelSpec):
         spec = model.with_settings(**settings) if settings else model
-        return ModelSource(label=spec.pattern, arch_id=f"spec:{spec.arch_hash()}", build=spec.build)
+        return ModelSource(label=spec.pattern, arch_id=f"spec:{spec.arch_hash()}", build=spec.build, spec=spec)
     if not isinstance(model, str) or not model.strip():
         raise ConfigError(f"expected a module, ModelSpec, model name or pattern, got {model!r}", "model")
     text = model.strip()
     preset = _preset_spec(text, settings)
     if preset is not None:
-        return ModelSource(label=text, arch_id=f"spec:{preset.arch_hash()}", build=preset.build)
+        return ModelSource(label=text, arch_id=f"spec:{preset.arch_hash()}", build=preset.build, spec=preset)
     if is_model_name(text):
         return _timm_source(text, settings, img_size)
     try:
@@ -161,7 +162,7 @@ def resolve_model(
                 "model",
             ) from None
         raise
-    return ModelSource(label=spec.pattern, arch_id=f"spec:{spec.arch_hash()}", build=spec.build)
+    return ModelSource(label=spec.pattern, arch_id=f"spec:{spec.arch_hash()}", build=spec.build, spec=spec)
 
 
 __all__ = ["ModelSource", "infer_in_chans", "is_model_name", "module_arch_id", "resolve_model"]
