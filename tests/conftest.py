@@ -4,6 +4,7 @@ process or in a subprocess, and a throwaway PostgreSQL server."""
 from __future__ import annotations
 
 import glob
+import math
 import os
 import shutil
 import socket
@@ -14,7 +15,14 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+
+import blocks.scan.blocked as blocked
+import blocks.scan.blocked_core as blocked_core
+import blocks.scan.compiled as compiled
+from blocks.scan import selective_scan
+from hybridlab.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 PASSWORD = "s3cret-pw"
@@ -155,3 +163,108 @@ def postgres_url():
         subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
                        capture_output=True, timeout=60)
         shutil.rmtree(base, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- selective-scan test helpers
+
+NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+
+
+def make_inputs(batch=2, dim=4, length=5, state=3, bc="bnl", groups=2, dtype=torch.float64, seed=0,
+                with_D=True, with_z=True, with_bias=True):
+    """Seeded inputs in mamba-ssm's layout; B/C in form "dn" (D, N), "bnl" (B, N, L) or "bgnl" (B, G, N, L)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype)
+
+    u = r(batch, dim, length)
+    delta = r(batch, dim, length) * 0.5
+    A = -torch.exp(r(dim, state) * 0.5)
+    shapes = {"dn": (dim, state), "bnl": (batch, state, length), "bgnl": (batch, groups, state, length)}
+    B, C = r(*shapes[bc]), r(*shapes[bc])
+    D = r(dim) if with_D else None
+    z = r(batch, dim, length) if with_z else None
+    bias = r(dim) * 0.1 if with_bias else None
+    return u, delta, A, B, C, D, z, bias
+
+
+def leaf(args):
+    return [None if t is None else t.detach().clone().requires_grad_() for t in args]
+
+
+def run_scan(args, backend, softplus=True, last=True, weights_seed=7):
+    """Forward + a seeded random-weighted backward; returns outputs followed by the input gradients."""
+    args = leaf(args)
+    res = selective_scan(*args, delta_softplus=softplus, return_last_state=last, backend=backend)
+    outs = res if last else (res,)
+    g = torch.Generator().manual_seed(weights_seed)
+    loss = sum((o.double() * torch.randn(o.shape, generator=g, dtype=torch.float64)).sum() for o in outs)
+    present = [t for t in args if t is not None]
+    grads = torch.autograd.grad(loss, present)
+    return list(outs) + list(grads)
+
+
+def scalar_scan(u, delta, A, B, C, D, z, bias, softplus):
+    """An independent, element-by-element float64 loop (no einsum) to pin down the reference."""
+    batch, dim, length = u.shape
+    state = A.shape[1]
+    out = torch.zeros(batch, dim, length, dtype=torch.float64)
+    last = torch.zeros(batch, dim, state, dtype=torch.float64)
+
+    def bc_at(T, b, d, n, t):
+        if T.dim() == 2:
+            return T[d, n]
+        if T.dim() == 3:
+            return T[b, n, t]
+        return T[b, d // (dim // T.shape[1]), n, t]
+
+    for b in range(batch):
+        for d in range(dim):
+            h = [0.0] * state
+            for t in range(length):
+                dt = float(delta[b, d, t]) + (float(bias[d]) if bias is not None else 0.0)
+                if softplus:
+                    dt = math.log1p(math.exp(dt))
+                y = 0.0
+                for n in range(state):
+                    h[n] = math.exp(dt * float(A[d, n])) * h[n] + dt * float(bc_at(B, b, d, n, t)) * float(u[b, d, t])
+                    y += h[n] * float(bc_at(C, b, d, n, t))
+                if D is not None:
+                    y += float(D[d]) * float(u[b, d, t])
+                if z is not None:
+                    zz = float(z[b, d, t])
+                    y *= zz / (1.0 + math.exp(-zz))
+                out[b, d, t] = y
+            last[b, d] = torch.tensor(h, dtype=torch.float64)
+    return out, last
+
+
+# The two CPU implementations behind `fast`; tests that name one of them run it whatever `fast` picks.
+IMPLEMENTATIONS = ["blocked", "compiled"]
+
+
+def refuses(backend: str, bc: str, args) -> bool:
+    """`compiled` by name takes input-dependent B/C only: check that it refuses (D, N) ones with one line."""
+    if backend != "compiled" or bc != "dn":
+        return False
+    with pytest.raises(ConfigError, match=r"^selective_scan: scan backend 'compiled' takes input-dependent B and C"):
+        selective_scan(*args, backend=backend)
+    return True
+
+
+def small_blocks(monkeypatch, steps: int = 3) -> None:
+    """Make both cores cut time into blocks of about `steps` steps at every test shape, so that several
+    blocks, block boundaries and (where `steps` does not divide L) padding are exercised: the blocked core's
+    buffers, and the compiled kernel's backward blocks (it saves the state entering each)."""
+    monkeypatch.setattr(compiled, "STEPS", steps)
+    real_plan = blocked_core.plan
+
+    def plan(batch, dim, length, state):
+        monkeypatch.setattr(blocked_core, "BLOCK_ELEMENTS", steps * batch * dim * state)
+        return real_plan(batch, dim, length, state)
+
+    monkeypatch.setattr(blocked_core, "plan", plan)
+    monkeypatch.setattr(blocked, "plan", plan)
+
+
