@@ -17,6 +17,7 @@ import yaml
 
 from blocks.spec import ModelSpec
 from hybridlab.errors import ConfigError, HybridlabError
+from hybridlab.userimports import import_modules
 from search_space.constraints import Constraints
 from search_space.space import SearchSpace
 from studies.baselines import parse_baseline
@@ -161,6 +162,12 @@ def load_study_config(
     return _validate(data, source, check_data)
 
 
+def _study_folder(source: str) -> Path:
+    """The folder a study file's relative names (`imports:`) are resolved against."""
+    path = Path(source)
+    return path.parent if path.parent != Path("") else Path.cwd()
+
+
 def _validate(data: dict[str, Any], source: str, check_data: bool) -> StudyConfig:
     problems: list[str] = []
 
@@ -173,7 +180,7 @@ def _validate(data: dict[str, Any], source: str, check_data: bool) -> StudyConfi
             problems.append(str(exc))
         return default
 
-    attempt(lambda: _imports(data.get("imports")))  # user blocks must be registered before patterns parse
+    attempt(lambda: _imports(data.get("imports"), _study_folder(source)))  # user blocks must be registered before patterns parse
     for key in data:
         if key not in TOP_KEYS:
             problems.append(f"unknown key {key!r} (known: {', '.join(TOP_KEYS)})")
@@ -212,13 +219,12 @@ def _validate(data: dict[str, Any], source: str, check_data: bool) -> StudyConfi
     )
 
 
-def _imports(value: Any) -> None:
-    from hybridlab.cli import import_modules
-
+def _imports(value: Any, folder: Path) -> None:
+    """Import the study's own block modules, looked up next to the study file and in the current folder."""
     names = value if isinstance(value, list) else ([] if value is None else [value])
     if not all(isinstance(n, str) for n in names):
         raise ConfigError(f"expected module names, got {value!r}", "imports")
-    import_modules(names, where="imports")
+    import_modules(names, where="imports", search=[folder])
 
 
 def _name(value: Any) -> str:
