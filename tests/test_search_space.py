@@ -159,5 +159,5 @@ def test_constraints_values_and_messages() -> None:
     assert c.violated({"params": 10, "throughput_img_s": 50}) == ["throughput_img_s 50 < min_throughput 100"]
     with pytest.raises(ConfigError, match="constraints.max_size: unknown constraint"):
         Constraints.from_config({"max_size": 1})
-    with pytest.raises(ConfigError, match="constraints.max_macs: expected a non-negative number"):
+    with pytest.raises(ConfigError, match="constraints.max_macs: expected a number"):
         Constraints.from_config({"max_macs": "lots"})
