@@ -79,10 +79,21 @@ class SearchSpace:
         space._check_all_buildable()
         return space
 
-    def _check_all_buildable(self, limit: int = 4096) -> None:
-        """Validate every candidate's spec (cheap: no model is built) so an impossible combination fails
-        before any training; huge free spaces are checked on their first `limit` assignments."""
-        for params in itertools.islice(self._param_sets(), limit):
+    def _check_all_buildable(self, limit: int = 4096, sample: int = 256) -> None:
+        """Validate every candidate's spec (no model is built) so an impossible combination fails before any
+        training. Spaces over `limit` assignments are checked on their first `sample` assignments plus one
+        assignment per choice index (every choice of every dimension is then used at least once)."""
+        if self.size() <= limit:
+            for params in self._param_sets():
+                self.candidate(params)
+            return
+        for params in itertools.islice(self._param_sets(), sample):
+            self.candidate(params)
+        for k in range(max(len(d.choices) for d in self.dimensions)):
+            params: dict[str, Any] = {}
+            for dim in self.dimensions:
+                if dim.active(params):
+                    params[dim.name] = dim.choices[k % len(dim.choices)]
             self.candidate(params)
 
     # -- enumeration and sampling ---------------------------------------------------------------
