@@ -22,6 +22,7 @@ from torch import nn
 
 from blocks.spec import ModelSpec
 from hybridlab.errors import ConfigError, HybridlabError
+from search_space import validate as v
 
 
 @dataclass(frozen=True)
@@ -73,28 +74,33 @@ class Baseline:
         return self.timm, {"num_classes": self.num_classes, "in_chans": self.in_chans, "model_kwargs": self.kwargs}
 
 
-def parse_baseline(label: str, entry: Any, base: ModelSpec) -> Baseline:
+def parse_baseline(label: Any, entry: Any, base: ModelSpec) -> Baseline:
     """Validate one `baselines:` entry against the study's base model (num_classes, in_chans, settings)."""
+    label = v.text(label, "baselines", max_len=100) if not isinstance(label, (int, float)) else str(label)
     where = f"baselines.{label}"
     if not isinstance(entry, Mapping):
         raise ConfigError("expected {pattern: ...} or {timm: NAME, kwargs: {...}}", where)
-    unknown = set(entry) - {"pattern", "timm", "kwargs"}
-    if unknown:
-        raise ConfigError(f"unknown key {sorted(unknown)[0]!r} (known: pattern, timm, kwargs)", where)
+    v.unknown_keys(entry, ("pattern", "timm", "kwargs"), where)
     if ("pattern" in entry) == ("timm" in entry):
         raise ConfigError("give exactly one of 'pattern' or 'timm'", where)
-    kwargs = dict(entry.get("kwargs") or {})
+    kwargs = v.mapping(entry.get("kwargs"), f"{where}.kwargs")
+    for key in kwargs:
+        if not isinstance(key, str) or not key.isidentifier():
+            raise ConfigError(f"expected setting names, got {v.short(key)}", f"{where}.kwargs")
     if "pattern" in entry:
+        pattern = v.text(entry["pattern"], f"{where}.pattern", max_len=10_000)
         try:
-            spec = base.with_settings(pattern=str(entry["pattern"]), **kwargs)
+            spec = base.with_settings(pattern=pattern, **kwargs)
         except HybridlabError as exc:
             raise ConfigError(str(exc), f"{where}.pattern") from None
-        return Baseline(str(label), spec=spec, num_classes=base.num_classes, in_chans=base.in_chans)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise ConfigError(v.short(str(exc)), f"{where}.kwargs") from None
+        return Baseline(label, spec=spec, num_classes=base.num_classes, in_chans=base.in_chans)
     import timm
 
     import blocks  # noqa: F401  (registers the presets, which are baselines too)
 
-    name = str(entry["timm"])
+    name = v.text(entry["timm"], f"{where}.timm")
     if not timm.is_model(name):
-        raise ConfigError(f"timm has no model {name!r}", f"{where}.timm")
-    return Baseline(str(label), timm=name, kwargs=kwargs, num_classes=base.num_classes, in_chans=base.in_chans)
+        raise ConfigError(f"timm has no model {v.short(name)}", f"{where}.timm")
+    return Baseline(label, timm=name, kwargs=kwargs, num_classes=base.num_classes, in_chans=base.in_chans)

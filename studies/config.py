@@ -2,12 +2,27 @@
 
 Every problem is reported on its own line with the key it concerns (`model.num_heads: ...`), so a
 user fixes the file once. `--set key=value` overrides (dotted keys, YAML values) apply before validation.
+Each section is checked in `studies.config_sections`; the file is read by `studies.studyfile`.
+
+Top-level settings besides the sections:
+
+    n_trials:     trials to plan for a non-grid sampler (1 .. 100,000)
+    max_retries:  how often a FAILED trial is tried again when the study is rerun (default 2, 0 = never)
+    seeds:        a list of seeds, e.g. [0, 1, 2], or a budget:
+                    seeds: auto                        # the defaults below
+                    seeds: {auto: {initial: 2, max: 6, budget: 40, confidence: 0.95}}
+                  `initial` seeds (0, 1, ...) go to every candidate first; more seeds go only to the
+                  candidates whose intervals (at `confidence`) still overlap the front or the default
+                  row, up to `max` seeds per candidate and `budget` trials in all (null: no cap).
+    train.threads, measure.threads: torch threads while training / measuring (null or auto: torch's choice)
+
+`StudyConfig.to_yaml()` writes a valid study file (the auto-seed settings in full, the storage
+password masked), which the runner stores with the results.
 """
 
 from __future__ import annotations
 
 import copy
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,38 +32,29 @@ import yaml
 
 from blocks.spec import ModelSpec
 from hybridlab.errors import ConfigError, HybridlabError
+from hybridlab.metrics import Objective, parse_objectives
+from hybridlab.urls import mask_password
 from search_space.constraints import Constraints
 from search_space.space import SearchSpace
+from studies import config_sections as sections
 from studies.baselines import parse_baseline
+from studies.config_sections import MAX_GRID, MAX_TRIALS, SAMPLERS, AutoSeeds
+from studies.studyfile import (
+    BUILTIN_DIR,
+    StudyConfigError,
+    apply_overrides,
+    builtin_studies,
+    check_nesting,
+    load_raw,
+    resolve_study_file,
+)
 
-BUILTIN_DIR = Path(__file__).resolve().parent
 TOP_KEYS = (
     "name", "description", "data", "model", "search_space", "train", "measure", "objectives", "sampler",
-    "n_trials", "seeds", "constraints", "storage", "ablation", "devices", "baselines", "imports",
+    "n_trials", "seeds", "constraints", "storage", "ablation", "devices", "baselines", "imports", "max_retries",
 )
-SAMPLERS = ("grid", "tpe", "nsga2", "gp", "random")
-METRICS = {
-    "top1": "maximize", "top5": "maximize", "val_loss": "minimize", "throughput_img_s": "maximize",
-    "train_throughput_img_s": "maximize", "latency_ms": "minimize", "params": "minimize", "macs": "minimize",
-    "flops": "minimize", "peak_mem_mb": "minimize",
-}
-MAX_GRID = 10_000
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
-
-class StudyConfigError(HybridlabError):
-    """All problems of a study file; `problems` holds one line each."""
-
-    def __init__(self, source: str, problems: Sequence[str]) -> None:
-        self.problems = list(problems)
-        self.source = source
-        Exception.__init__(self, "\n".join(f"{source}: {p}" for p in self.problems))
-
-
-@dataclass(frozen=True)
-class Objective:
-    name: str
-    direction: str  # "maximize" | "minimize"
+MAX_LINE = 500
 
 
 @dataclass
@@ -73,6 +79,9 @@ class StudyConfig:
     baselines: list[Any] = field(default_factory=list)  # studies.baselines.Baseline
     raw: dict[str, Any] = field(default_factory=dict)
     source: str = "<study>"
+    max_retries: int = 2
+    auto_seeds: AutoSeeds | None = None  # `seeds: auto`: `seeds` is then the first round
+    train_threads: int | None = None  # `train.threads`; the measurement's are `measure["threads"]`
 
     @property
     def directions(self) -> list[str]:
@@ -83,65 +92,13 @@ class StudyConfig:
         return [o.name for o in self.objectives]
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.raw, sort_keys=False)
-
-
-def builtin_studies() -> dict[str, Path]:
-    """The study files shipped in studies/ (quickstart, mambavision_table5_patterns, ...)."""
-    return {p.stem: p for p in sorted(BUILTIN_DIR.glob("*.yaml"))}
-
-
-def resolve_study_file(name_or_path: str | None) -> Path:
-    """A path, or the name of a built-in study; None means the quickstart study."""
-    if name_or_path is None:
-        name_or_path = "quickstart"
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        if not path.is_file():
-            raise HybridlabError(f"study file {path} not found")
-        return path
-    builtins = builtin_studies()
-    if name_or_path in builtins:
-        return builtins[name_or_path]
-    raise HybridlabError(f"no study file {name_or_path!r} (built-in studies: {', '.join(builtins)})")
-
-
-def load_raw(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise HybridlabError(f"cannot read study file {path}: {exc.strerror or exc}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, col {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise StudyConfigError(str(path), [f"{where}invalid YAML: {problem}"]) from None
-    if not isinstance(data, dict):
-        raise StudyConfigError(str(path), [f"expected a mapping at the top level, got {type(data).__name__}"])
-    return data
-
-
-def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """`train.epochs=2` style overrides; values are YAML (`seeds=[0,1]`, `storage=null`)."""
-    out = copy.deepcopy(raw)
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"expected key=value, got {item!r}", "--set")
-        key, _, text = item.partition("=")
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError:
-            raise ConfigError(f"cannot read the value of {key!r} as YAML: {text!r}", "--set") from None
-        node = out
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            if not isinstance(node.get(part), dict):
-                node[part] = {}
-            node = node[part]
-        node[parts[-1]] = value
-    return out
+        """The study file as validated: a valid study file again, with no storage password in it."""
+        out = copy.deepcopy(self.raw)
+        if self.auto_seeds is not None:
+            out["seeds"] = {"auto": self.auto_seeds.to_dict()}
+        if isinstance(out.get("storage"), str):
+            out["storage"] = mask_password(out["storage"])
+        return yaml.safe_dump(out, sort_keys=False)
 
 
 def load_study_config(
@@ -156,12 +113,28 @@ def load_study_config(
         source = str(path)
         data = load_raw(path)
     else:
-        source, data = str(name_or_path or "<study>"), copy.deepcopy(dict(raw))
+        source = str(name_or_path or "<study>")
+        if not isinstance(raw, Mapping):
+            raise StudyConfigError(source, [f"expected a mapping at the top level, got {type(raw).__name__}"])
+        try:
+            check_nesting(dict(raw))
+        except ConfigError as exc:
+            raise StudyConfigError(source, [str(exc)]) from None
+        data = copy.deepcopy(dict(raw))
     data = apply_overrides(data, overrides)
     return _validate(data, source, check_data)
 
 
+def _study_folder(source: str) -> Path:
+    """The folder a study file's relative names (`imports:`) are resolved against."""
+    path = Path(source)
+    return path.parent if path.parent != Path("") else Path.cwd()
+
+
 def _validate(data: dict[str, Any], source: str, check_data: bool) -> StudyConfig:
+    numbers = sections.number_problems(data)
+    if numbers:  # NaN, inf, 2^63 and values past their bounds: nothing below should see them
+        raise StudyConfigError(source, [str(e) for e in numbers])
     problems: list[str] = []
 
     def attempt(fn: Callable[[], Any], default: Any = None) -> Any:
@@ -173,239 +146,48 @@ def _validate(data: dict[str, Any], source: str, check_data: bool) -> StudyConfi
             problems.append(str(exc))
         return default
 
-    attempt(lambda: _imports(data.get("imports")))  # user blocks must be registered before patterns parse
+    attempt(lambda: sections.imports(data.get("imports"), _study_folder(source)))  # user blocks before patterns
     for key in data:
         if key not in TOP_KEYS:
-            problems.append(f"unknown key {key!r} (known: {', '.join(TOP_KEYS)})")
-    name = attempt(lambda: _name(data.get("name")), "study")
-    description = str(data.get("description") or "")
-    data_cfg = attempt(lambda: _data(data.get("data"), check_data))
-    base = attempt(lambda: _model(data.get("model"), data_cfg))
+            problems.append(f"unknown key {sections.v.short(key)} (known: {', '.join(TOP_KEYS)})")
+    name = attempt(lambda: sections.name(data.get("name")), "study")
+    description = attempt(lambda: sections.description(data.get("description")), "")
+    data_cfg = attempt(lambda: sections.data(data.get("data"), check_data))
+    base = attempt(lambda: sections.model(data.get("model"), data_cfg))
     space = attempt(lambda: SearchSpace.from_config(data.get("search_space"), base)) if base else None
-    recipe = attempt(lambda: _recipe(data.get("train")))
-    measure = attempt(lambda: _measure(data.get("measure"), data_cfg), {})
-    objectives = attempt(lambda: _objectives(data.get("objectives")), [])
-    sampler = attempt(lambda: _sampler(data.get("sampler"), objectives), {})
-    n_trials = attempt(lambda: _optional_int(data.get("n_trials"), "n_trials", 1))
-    seeds = attempt(lambda: _seeds(data.get("seeds", [0])), [0])
+    recipe, train_threads = attempt(lambda: sections.train(data.get("train")), (None, None))
+    measure = attempt(lambda: sections.measure(data.get("measure"), data_cfg), {})
+    objectives = attempt(lambda: parse_objectives(data.get("objectives"), "objectives"), [])
+    sampler = attempt(lambda: sections.sampler(data.get("sampler")), {})
+    n_trials = attempt(lambda: sections.n_trials(data.get("n_trials")))
+    seeds, auto_seeds = attempt(lambda: sections.seeds(data.get("seeds", [0])), ([0], None))
     constraints = attempt(lambda: Constraints.from_config(data.get("constraints")), Constraints())
-    storage = data.get("storage")
-    if storage is not None and not isinstance(storage, str):
-        problems.append(f"storage: expected a URL string, got {storage!r}")
-    ablation = attempt(lambda: _ablation(data.get("ablation"), space))
-    devices = attempt(lambda: _optional_int(data.get("devices", 1), "devices", 1), 1)
-    entries = attempt(lambda: _mapping(data.get("baselines"), "baselines"), {}) if base else {}
-    baselines = [b for b in (attempt(lambda k=k, v=v: parse_baseline(k, v, base)) for k, v in entries.items()) if b]
+    storage = attempt(lambda: sections.storage(data.get("storage")))
+    ablation = attempt(lambda: sections.ablation(data.get("ablation"), space))
+    devices = attempt(lambda: sections.devices(data.get("devices", 1)), 1)
+    max_retries = attempt(lambda: sections.max_retries(data.get("max_retries", 2)), 2)
+    entries = attempt(lambda: sections.v.mapping(data.get("baselines"), "baselines"), {}) if base else {}
+    baselines = [b for b in (attempt(lambda k=k, e=e: parse_baseline(k, e, base)) for k, e in entries.items()) if b]
     if space is not None and sampler.get("name") != "grid" and n_trials is None:
         problems.append("n_trials: required unless the sampler is 'grid'")
     if space is not None and sampler.get("name") == "grid" and space.size() > MAX_GRID:
-        problems.append(f"sampler: a grid over {space.size():,} assignments is too big (max {MAX_GRID:,}); use tpe, nsga2 or gp")
-    if space is not None and base is not None and data_cfg is not None:
-        attempt(lambda: _check_windows(space, data_cfg))
-    if problems:
-        raise StudyConfigError(source, problems)
+        problems.append(f"sampler: a grid over {space.size():,} assignments is too big (max {MAX_GRID:,}); "
+                        "use tpe, nsga2 or gp")
+    if space is not None and data_cfg is not None:
+        attempt(lambda: sections.check_windows(space, data_cfg["_img_size"]))
+    if space is not None and auto_seeds is not None and sampler.get("name") == "grid":
+        attempt(lambda: sections.check_seed_budget(auto_seeds, space, len(entries)))
+    if problems:  # a last guard for values quoted by other layers: no line over MAX_LINE characters
+        raise StudyConfigError(source, [p if len(p) <= MAX_LINE else p[: MAX_LINE - 3] + "..." for p in problems])
     return StudyConfig(
         name=name, description=description, data=data_cfg, model=base, space=space, recipe=recipe,
         measure=measure, objectives=objectives, sampler=sampler, n_trials=n_trials, seeds=seeds,
         constraints=constraints, storage=storage, ablation=ablation, devices=devices, baselines=baselines, raw=data,
-        source=source,
+        source=source, max_retries=max_retries, auto_seeds=auto_seeds, train_threads=train_threads,
     )
 
 
-def _imports(value: Any) -> None:
-    from hybridlab.cli import import_modules
-
-    names = value if isinstance(value, list) else ([] if value is None else [value])
-    if not all(isinstance(n, str) for n in names):
-        raise ConfigError(f"expected module names, got {value!r}", "imports")
-    import_modules(names, where="imports")
-
-
-def _name(value: Any) -> str:
-    if not isinstance(value, str) or not _NAME.match(value):
-        raise ConfigError(f"expected a study name of letters, digits, '_', '-', '.', got {value!r}", "name")
-    return value
-
-
-def _mapping(value: Any, where: str, required: bool = False) -> dict[str, Any]:
-    if value is None and not required:
-        return {}
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"expected a mapping, got {type(value).__name__ if value is not None else 'nothing'}", where)
-    return dict(value)
-
-
-def _data(value: Any, check: bool) -> dict[str, Any]:
-    from studies.data import DATASETS, make_datamodule
-
-    cfg = _mapping(value, "data", required=True)
-    if "name" not in cfg:
-        raise ConfigError(f"missing 'name' (datasets: {', '.join(DATASETS)})", "data.name")
-    if cfg["name"] not in DATASETS:
-        raise ConfigError(f"unknown dataset {cfg['name']!r} (datasets: {', '.join(DATASETS)})", "data.name")
-    try:
-        datamodule = make_datamodule(**cfg)
-    except HybridlabError as exc:
-        raise ConfigError(str(exc), "data") from None
-    except TypeError as exc:
-        raise ConfigError(str(exc), "data") from None
-    if check and hasattr(datamodule, "check"):
-        try:
-            datamodule.check()
-        except HybridlabError as exc:
-            raise ConfigError(str(exc), "data") from None
-    cfg["_num_classes"] = datamodule.num_classes
-    cfg["_in_chans"] = datamodule.in_chans
-    cfg["_img_size"] = datamodule.img_size
-    return cfg
-
-
-def _model(value: Any, data_cfg: dict[str, Any] | None) -> ModelSpec:
-    cfg = _mapping(value, "model", required=True)
-    preset = cfg.pop("preset", None)
-    if data_cfg is not None:
-        cfg.setdefault("num_classes", data_cfg["_num_classes"])
-        cfg.setdefault("in_chans", data_cfg["_in_chans"])
-    try:
-        if preset is not None:
-            from blocks.presets import preset_spec
-
-            return preset_spec(str(preset), **cfg)
-        if "pattern" not in cfg:
-            raise ConfigError("needs 'pattern' or 'preset'", "model")
-        pattern = cfg.pop("pattern")
-        return ModelSpec.create(pattern, **cfg)
-    except ConfigError as exc:
-        if exc.where and not exc.where.startswith("model"):
-            raise ConfigError(exc.args[0].split(": ", 1)[-1], f"model.{exc.where}") from None
-        raise
-    except HybridlabError as exc:
-        raise ConfigError(str(exc), "model.pattern") from None
-
-
-def _recipe(value: Any) -> Any:
-    from studies.training import TrainRecipe
-
-    cfg = _mapping(value, "train")
-    try:
-        return TrainRecipe.from_dict(cfg)
-    except ConfigError as exc:
-        if exc.where and not exc.where.startswith("train"):
-            raise ConfigError(exc.args[0].split(": ", 1)[-1], f"train.{exc.where}") from None
-        raise
-
-
-def _measure(value: Any, data_cfg: dict[str, Any] | None) -> dict[str, Any]:
-    from hybridlab.measure import MeasureProfile
-
-    cfg = _mapping(value, "measure")
-    if data_cfg is not None:
-        cfg.setdefault("img_size", data_cfg["_img_size"])
-        cfg.setdefault("in_chans", data_cfg["_in_chans"])
-    try:
-        MeasureProfile.from_dict(cfg)
-    except ConfigError as exc:
-        if exc.where and not exc.where.startswith("measure"):
-            raise ConfigError(exc.args[0].split(": ", 1)[-1], f"measure.{exc.where}") from None
-        raise
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(str(exc), "measure") from None
-    return cfg
-
-
-def _objectives(value: Any) -> list[Objective]:
-    if value is None:
-        return [Objective("top1", "maximize"), Objective("throughput_img_s", "maximize")]
-    items = value if isinstance(value, list) else [value]
-    out = []
-    for i, item in enumerate(items):
-        where = f"objectives[{i}]"
-        if isinstance(item, str):
-            name, direction = item, METRICS.get(item)
-        elif isinstance(item, Mapping):
-            name, direction = item.get("name"), item.get("direction", METRICS.get(str(item.get("name"))))
-        else:
-            raise ConfigError(f"expected a metric name or {{name, direction}}, got {item!r}", where)
-        if name not in METRICS:
-            raise ConfigError(f"unknown metric {name!r} (known: {', '.join(METRICS)})", where)
-        if direction not in ("maximize", "minimize"):
-            raise ConfigError(f"direction must be maximize or minimize, got {direction!r}", where)
-        out.append(Objective(name, direction))
-    if not out:
-        raise ConfigError("needs at least one objective", "objectives")
-    if len({o.name for o in out}) != len(out):
-        raise ConfigError("an objective is listed twice", "objectives")
-    return out
-
-
-def _sampler(value: Any, objectives: list[Objective]) -> dict[str, Any]:
-    cfg = {"name": value} if isinstance(value, str) else _mapping(value, "sampler")
-    cfg.setdefault("name", "tpe")
-    if cfg["name"] not in SAMPLERS:
-        raise ConfigError(f"unknown sampler {cfg['name']!r} (known: {', '.join(SAMPLERS)})", "sampler.name")
-    seed = cfg.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ConfigError(f"expected an integer, got {seed!r}", "sampler.seed")
-    allowed = {"name", "seed", "n_startup_trials", "population_size"}
-    for key in cfg:
-        if key not in allowed:
-            raise ConfigError(f"unknown key {key!r} (known: {', '.join(sorted(allowed))})", f"sampler.{key}")
-    return cfg
-
-
-def _optional_int(value: Any, where: str, minimum: int) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"expected an integer >= {minimum}, got {value!r}", where)
-    return value
-
-
-def _seeds(value: Any) -> list[int]:
-    items = value if isinstance(value, list) else [value]
-    if not items or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in items):
-        raise ConfigError(f"expected a list of non-negative integers, got {value!r}", "seeds")
-    if len(set(items)) != len(items):
-        raise ConfigError("a seed is listed twice", "seeds")
-    return list(items)
-
-
-def _ablation(value: Any, space: SearchSpace | None) -> dict[str, Any] | None:
-    if value is None:
-        return None
-    cfg = _mapping(value, "ablation")
-    for key in cfg:
-        if key not in ("default_label", "names"):
-            raise ConfigError(f"unknown key {key!r} (known: default_label, names)", f"ablation.{key}")
-    if space is not None and "default_label" in cfg:
-        labels = {c.label for c in space.sample_candidates(MAX_GRID)}
-        if cfg["default_label"] not in labels:
-            raise ConfigError(
-                f"{cfg['default_label']!r} is not a label of the search space (labels: {', '.join(sorted(labels))})",
-                "ablation.default_label",
-            )
-    return cfg
-
-
-def _check_windows(space: SearchSpace, data_cfg: dict[str, Any]) -> None:
-    """A window larger than its token stage's feature map only adds zero padding: refuse it."""
-    img = data_cfg["_img_size"]
-    base = space.base
-    for cand in space.sample_candidates(64):
-        spec = cand.spec
-        side = img // spec.stem_stride
-        for i, stage in enumerate(spec.parsed.stages):
-            window = spec.window_size[i]
-            for block in stage:
-                if not block.block_type.is_token:
-                    continue
-                w = block.option("window") or window
-                if w > side:
-                    where = "model.window_size" if not block.option("window") else "search_space"
-                    raise ConfigError(
-                        f"stage {i + 1} window {w} is larger than its {side}x{side} feature map at img_size {img} "
-                        f"(stem stride {spec.stem_stride}); use at most {side}",
-                        where,
-                    )
-            side = max(1, (side + 1) // 2)
-    del base
+__all__ = [
+    "BUILTIN_DIR", "MAX_GRID", "MAX_TRIALS", "SAMPLERS", "TOP_KEYS", "AutoSeeds", "StudyConfig", "StudyConfigError",
+    "apply_overrides", "builtin_studies", "load_raw", "load_study_config", "resolve_study_file",
+]

@@ -12,26 +12,34 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-# The documented columns, in order (docs/results.md).
-COLUMNS: tuple[str, ...] = (
-    "number", "state", "pattern", "arch_hash", "family", "label", "seed",
-    "top1", "top5", "val_loss", "params", "macs", "flops",
-    "throughput_img_s", "latency_ms", "latency_iqr_ms", "train_throughput_img_s", "peak_mem_mb",
-    "train_time_s", "epochs", "reused_from", "is_baseline", "fail_reason",
-    "datetime_start", "datetime_complete",
+from hybridlab.atomic import atomic_write
+from hybridlab.metrics import METRICS
+
+# The documented columns, in order (docs/results.md): who and what, every registered metric (in the
+# registry's order), the measurement-noise figures, then bookkeeping.
+IDENTITY_COLUMNS: tuple[str, ...] = ("number", "state", "pattern", "arch_hash", "family", "label", "seed")
+METRIC_COLUMNS: tuple[str, ...] = tuple(METRICS)
+# Throughput spread and side-by-side ratio (`throughput_interval` says "iqr" or "ci95"), the contention flag,
+# the thread count the figures were taken with, and the trial's fidelity.
+NOISE_COLUMNS: tuple[str, ...] = (
+    "throughput_lo", "throughput_hi", "throughput_interval", "throughput_rel", "throughput_rel_lo",
+    "throughput_rel_hi", "noisy", "noisy_reason", "threads", "fidelity",
 )
-TEXT_COLUMNS: tuple[str, ...] = ("state", "pattern", "arch_hash", "family", "label", "fail_reason",
-                                 "datetime_start", "datetime_complete")
-INT_COLUMNS: tuple[str, ...] = ("number", "seed", "params", "macs", "flops", "epochs", "reused_from")
-FLOAT_COLUMNS: tuple[str, ...] = ("top1", "top5", "val_loss", "throughput_img_s", "latency_ms", "latency_iqr_ms",
-                                  "train_throughput_img_s", "peak_mem_mb", "train_time_s")
+RECORD_COLUMNS: tuple[str, ...] = ("reused_from", "is_baseline", "fail_reason", "datetime_start", "datetime_complete")
+COLUMNS: tuple[str, ...] = IDENTITY_COLUMNS + METRIC_COLUMNS + NOISE_COLUMNS + RECORD_COLUMNS
+TEXT_COLUMNS: tuple[str, ...] = ("state", "pattern", "arch_hash", "family", "label", "throughput_interval",
+                                 "noisy_reason", "fidelity", "fail_reason", "datetime_start", "datetime_complete")
+INT_COLUMNS: tuple[str, ...] = ("number", "seed", *(m.name for m in METRICS.values() if m.dtype == "int"),
+                                "threads", "reused_from")
+FLOAT_COLUMNS: tuple[str, ...] = (*(m.name for m in METRICS.values() if m.dtype == "float"), "throughput_lo",
+                                  "throughput_hi", "throughput_rel", "throughput_rel_lo", "throughput_rel_hi")
+BOOL_COLUMNS: tuple[str, ...] = ("is_baseline", "noisy")
 STATES: tuple[str, ...] = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 
 CSV_NAME = "trials.csv"
@@ -95,12 +103,12 @@ def write_trials(study: Any, folder: str | os.PathLike[str]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     frame = trials_frame(study)
     csv_path = folder / CSV_NAME
-    _atomic_write(csv_path, lambda tmp: frame.to_csv(tmp, index=False))
+    atomic_write(csv_path, lambda tmp: frame.to_csv(tmp, index=False))
     try:
         import pyarrow  # noqa: F401
     except ImportError:
         return csv_path
-    _atomic_write(folder / PARQUET_NAME, lambda tmp: _to_parquet(frame, tmp))
+    atomic_write(folder / PARQUET_NAME, lambda tmp: _to_parquet(frame, tmp))
     return csv_path
 
 
@@ -125,8 +133,8 @@ def normalize_frame(frame: pd.DataFrame) -> pd.DataFrame:
         frame[name] = pd.array([_to_int(v) for v in frame[name]], dtype="Int64")
     for name in FLOAT_COLUMNS:
         frame[name] = pd.to_numeric(frame[name], errors="coerce").astype("float64")
-    frame["is_baseline"] = [_to_bool(v) for v in frame["is_baseline"]]
-    frame["is_baseline"] = frame["is_baseline"].astype(bool)
+    for name in BOOL_COLUMNS:
+        frame[name] = pd.Series([_to_bool(v) for v in frame[name]], index=frame.index, dtype=bool)
     if "feasible" in frame.columns:
         frame["feasible"] = [True if _is_missing(v) else _to_bool(v) for v in frame["feasible"]]
         frame["feasible"] = frame["feasible"].astype(bool)
@@ -204,7 +212,7 @@ def _to_bool(value: Any) -> bool:
     return bool(value)
 
 
-def _to_parquet(frame: pd.DataFrame, path: str) -> None:
+def _to_parquet(frame: pd.DataFrame, path: str | os.PathLike[str]) -> None:
     """Parquet needs one type per column: mixed-type object columns are written as text."""
     out = frame.copy()
     for name in out.columns:
@@ -213,22 +221,6 @@ def _to_parquet(frame: pd.DataFrame, path: str) -> None:
             if len(kinds) > 1:
                 out[name] = [None if _is_missing(v) else str(v) for v in out[name]]
     out.to_parquet(path, index=False)
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write through a temporary file in the same folder and `os.replace` it, so readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; the table is meant to be read by others
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def state_counts(frame: pd.DataFrame) -> dict[str, int]:

@@ -159,5 +159,21 @@ def test_constraints_values_and_messages() -> None:
     assert c.violated({"params": 10, "throughput_img_s": 50}) == ["throughput_img_s 50 < min_throughput 100"]
     with pytest.raises(ConfigError, match="constraints.max_size: unknown constraint"):
         Constraints.from_config({"max_size": 1})
-    with pytest.raises(ConfigError, match="constraints.max_macs: expected a non-negative number"):
+    with pytest.raises(ConfigError, match="constraints.max_macs: expected a number"):
         Constraints.from_config({"max_macs": "lots"})
+
+
+def test_big_spaces_are_checked_on_every_choice_of_every_dimension(monkeypatch) -> None:
+    space = SearchSpace.from_config({"free": {"stages": [3, 4], "symbols": ["M", "A", "M[d_state=16]"]}}, T_BASE)
+    assert space.size() == 3**12
+    seen: dict[str, set] = {}
+    real = SearchSpace.candidate
+
+    def record(self, params):
+        for key, value in params.items():
+            seen.setdefault(key, set()).add(str(value))
+        return real(self, params)
+
+    monkeypatch.setattr(SearchSpace, "candidate", record)
+    space._check_all_buildable()
+    assert len(seen) == 12 and all(len(values) == 3 for values in seen.values())

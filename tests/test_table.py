@@ -159,3 +159,43 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_metric_columns_follow_the_registry_and_keep_the_documented_order():
+    from hybridlab.metrics import METRICS
+    from studies.table import FLOAT_COLUMNS, INT_COLUMNS
+
+    documented = ["number", "state", "pattern", "arch_hash", "family", "label", "seed", "top1", "top5", "val_loss",
+                  "params", "macs", "flops", "throughput_img_s", "latency_ms", "latency_iqr_ms",
+                  "train_throughput_img_s", "peak_mem_mb", "train_time_s", "epochs", "reused_from", "is_baseline",
+                  "fail_reason", "datetime_start", "datetime_complete"]
+    assert [c for c in COLUMNS if c in documented] == documented
+    for metric in METRICS.values():
+        assert metric.name in (INT_COLUMNS if metric.dtype == "int" else FLOAT_COLUMNS)
+
+
+def test_noise_columns_are_typed_and_round_trip(tmp_path):
+    study = optuna.create_study(direction="maximize")
+
+    def objective(trial):
+        _attrs(trial, throughput_img_s=1200.0, throughput_lo=1100.0, throughput_hi=1300.0, throughput_interval="iqr",
+               throughput_rel=0.9, throughput_rel_lo=0.85, throughput_rel_hi=0.95, noisy=trial.number == 1,
+               noisy_reason="load 3.1 on 2 cores" if trial.number == 1 else "", threads=2, fidelity="epochs=1")
+        return 1.0
+
+    study.optimize(objective, n_trials=2)
+    write_trials(study, tmp_path)
+    back = read_trials(tmp_path)
+    assert back["noisy"].dtype == bool and back["noisy"].tolist() == [False, True]
+    assert back["noisy_reason"].tolist() == ["", "load 3.1 on 2 cores"]
+    assert back["threads"].dtype == "Int64" and back["threads"].tolist() == [2, 2]
+    assert back["throughput_lo"].tolist() == [1100.0, 1100.0] and back["throughput_rel_hi"].dtype == "float64"
+    assert back["throughput_interval"].tolist() == ["iqr", "iqr"] and back["fidelity"].tolist() == ["epochs=1"] * 2
+
+
+def test_tables_written_before_the_noise_columns_still_read(tmp_path):
+    old = pd.DataFrame({"number": [0], "state": ["COMPLETE"], "top1": [50.0], "is_baseline": [False]})
+    old.to_csv(tmp_path / "trials.csv", index=False)
+    back = read_trials(tmp_path)
+    assert list(back.columns[: len(COLUMNS)]) == list(COLUMNS)
+    assert back["noisy"].tolist() == [False] and math.isnan(back["throughput_lo"][0]) and back["threads"].isna().all()
