@@ -25,16 +25,19 @@ FAMILIES = {  # family -> (stage 3 pattern, Mamba blocks, attention blocks)
 }
 ABLATION_LABELS = ("attn_last_half", "attn_first_half", "interleave_am", "mamba_only")
 STUDY_YAML = """\
-# quickstart-like demo study (synthetic numbers)
+# quickstart-like demo study (synthetic numbers); a valid study file (`hybridlab run FILE --check`)
 name: {name}
+description: Table 5 attention placements on a narrow MambaVision-T shaped model (synthetic demo numbers)
+data: {{name: global_marks, train_subset: 8000, batch_size: 64}}
+model: {{pattern: "C | C*3 | M*4 A*4 | M*2 A*2", dim: 16, in_dim: 16, num_heads: [1, 2, 2, 4], window_size: [8, 8, 8, 4], stem_stride: 1}}
+search_space:
+  layout: {{stages: [3], family: [attn_last_half, attn_first_half, interleave_am, mixer_only]}}
+train: {{epochs: 10}}
 objectives:
   - {{name: top1, direction: maximize}}
   - {{name: throughput_img_s, direction: maximize}}
-search:
-  pattern: "C | C*3 | <stage3> | <stage4>"
-  stage3: [attn_last_half, attn_first_half, interleave_am, mamba_only, free]
-  seeds: [0, 1, 2]
-train: {{epochs: 10, dataset: cifar10-subset, img_size: 32}}
+sampler: grid
+seeds: [0, 1, 2]
 storage: postgresql://hybrid:s3cret-pw@db.example:5432/studies   # masked in the report
 """
 
