@@ -24,7 +24,8 @@ from search_space.space import SearchSpace
 SAMPLERS = ("grid", "tpe", "nsga2", "gp", "random")
 SAMPLER_KEYS = ("name", "seed", "n_startup_trials", "population_size")
 MAX_GRID = 10_000
-MAX_TRIALS = 100_000  # n_trials and the seed budget: planning more is a typo, not a study
+MAX_ARCHITECTURES = 10_000  # n_trials counts architectures (each runs once per seed); studies.planning plans no more
+MAX_TRIALS = 100_000  # the seed budget and sampler start-up trials: planning more is a typo, not a study
 MAX_SEED = 2**32 - 1  # NumPy's and Lightning's seed range
 MAX_SEEDS = 1_000
 MAX_RETRIES = 100
@@ -97,7 +98,7 @@ def storage(value: Any) -> str | None:
 
 
 def n_trials(value: Any) -> int | None:
-    return v.optional_integer(value, "n_trials", 1, MAX_TRIALS)
+    return v.optional_integer(value, "n_trials", 1, MAX_ARCHITECTURES)
 
 
 def devices(value: Any) -> int:

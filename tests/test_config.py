@@ -270,3 +270,11 @@ def test_to_yaml_is_a_valid_study_file_without_the_password(tmp_path) -> None:
     path = tmp_path / "study.yaml"
     path.write_text(text)
     assert load_study_config(str(path), check_data=False).train_threads == 1
+
+
+def test_n_trials_limit_is_the_planner_s() -> None:
+    """A study file cannot ask for more architectures than the planner will queue (one limit, stated once each)."""
+    from studies.config_sections import MAX_ARCHITECTURES
+    from studies.planning import MAX_ARCHITECTURES as PLANNED
+
+    assert MAX_ARCHITECTURES == PLANNED == 10_000
