@@ -43,3 +43,24 @@ register_block(
     options=[Option("qkv_bias", bool, True, help="bias on the qkv projection")],
     help="multi-head self-attention (SDPA) in the standard block, inside windows",
 )
+
+from blocks.vim import BiMambaMixer  # noqa: E402  (appended registration)
+
+register_block(
+    "V",
+    BiMambaMixer,
+    kind="mixer",
+    options=[
+        Option("d_state", int, 16, min=1, max=256, help="SSM state size N"),
+        Option("expand", int, 2, min=1, max=8, help="inner width = expand * dim"),
+        Option("d_conv", int, 4, min=1, max=16, help="causal depthwise conv1d kernel size (each direction)"),
+        Option(
+            "combine",
+            str,
+            "average",
+            choices=("average", "sum"),
+            help="how the two directions meet: averaged (Vim's released models) or summed",
+        ),
+    ],
+    help="Vim bidirectional Mamba (bimamba v2): forward + backward scan, shared in/out projections",
+)
