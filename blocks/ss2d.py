@@ -88,9 +88,11 @@ class SS2D(nn.Module):
             x = self.conv2d(x)
         x = F.silu(x)
         xs = cross_scan(x)  # (B, K, d, L)
-        x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight)
+        # VMamba's einsums "bkdl,kcd->bkcl" and "bkrl,kdr->bkdl" as batched matmuls: the same sums, and
+        # FlopCounterMode counts them even at dt_rank 1 (where einsum becomes an uncounted elementwise mul)
+        x_dbl = torch.matmul(self.x_proj_weight, xs)  # (B, K, r + 2n, L)
         dts, Bs, Cs = torch.split(x_dbl, [r, n, n], dim=2)
-        dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight)
+        dts = torch.matmul(self.dt_projs_weight, dts)  # (B, K, d, L)
         ys = selective_scan(
             xs.reshape(b, K * d, length),
             dts.reshape(b, K * d, length),

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from blocks import ModelSpec, block_types
 from blocks.model import HybridNet
@@ -163,6 +164,19 @@ def test_scan_flops_counted_for_v_and_s():
     assert s_scan == 4 * scan_flops(1, 128, 4, 4)  # SS2D scans four times
     meta = count_compute(HybridNet(spec=spec).to("meta"), img_size=32)
     assert meta.breakdown["scan"] == counts.breakdown["scan"] and meta.flops == counts.flops
+
+
+@pytest.mark.parametrize("dt_rank", [0, 1])
+def test_ss2d_total_flops_match_formula(dt_rank):
+    """Every term is counted: projections (the stacked x/dt projections too, even at rank 1), conv2d, scan."""
+    b, length, dim, n = 2, 16, 40, 4
+    m = SS2D(dim, d_state=n, dt_rank=dt_rank)
+    d, r = m.d_inner, m.dt_rank
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        m(torch.randn(b, length, dim))
+    matmuls = dim * 2 * d + 4 * d * (r + 2 * n) + 4 * r * d + d * dim  # in_proj, x_proj, dt_projs, out_proj
+    want = 2 * b * length * (matmuls + 9 * d) + scan_flops(b, 4 * d, length, n)  # + 3x3 depthwise conv2d
+    assert counter.get_total_flops() == want
 
 
 def test_ss2d_registered_and_trains_a_step():

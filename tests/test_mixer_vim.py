@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from blocks import ModelSpec, block_types
 from blocks.model import HybridNet
@@ -153,6 +154,18 @@ def test_vim_counted_scan_flops_match_formula():
     want = scan_flops(1, 2 * d_inner, length, 4, with_D=True, with_z=True)
     assert want == 2 * scan_flops(1, d_inner, length, 4, with_D=True, with_z=True)  # two directions
     assert counts.breakdown["scan"] == want
+
+
+def test_vim_total_flops_match_formula():
+    """Every term is counted: projections of both directions, both causal conv1d, and both scans."""
+    b, length, dim, n = 2, 16, 16, 4
+    m = BiMambaMixer(dim, d_state=n)
+    d, r = m.d_inner, m.dt_rank
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        m(torch.randn(b, length, dim))
+    matmuls = dim * 2 * d + 2 * (d * (r + 2 * n) + r * d) + d * dim  # in_proj, x_proj(_b), dt_proj(_b), out_proj
+    want = 2 * b * length * (matmuls + 2 * d * m.d_conv) + scan_flops(b, 2 * d, length, n, with_z=True)
+    assert counter.get_total_flops() == want
 
 
 def test_vim_registered_and_trains_a_step():
