@@ -74,7 +74,7 @@ register_block(
     options=[
         Option("d_state", int, 16, min=1, max=256, help="SSM state size N"),
         Option("ssm_ratio", float, 2.0, min=0.25, max=8.0, help="inner width = ssm_ratio * dim"),
-        Option("d_conv", int, 3, min=1, max=15, help="depthwise conv2d kernel (odd; 1 = no conv)"),
+        Option("d_conv", int, 3, choices=(1, 3, 5, 7, 9, 11, 13, 15), help="depthwise conv2d kernel; 1 = no conv"),
         Option("dt_rank", int, 0, min=0, max=1024, help="rank of the dt projection; 0 = ceil(dim/16)"),
     ],
     help="VMamba SS2D: 2-D selective scan in 4 directions (one grouped scan) on the window's map",

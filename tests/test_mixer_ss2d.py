@@ -9,12 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from blocks import ModelSpec, block_types
+from blocks import ModelSpec, block_types, parse
 from blocks.model import HybridNet
 from blocks.scan import scan_flops
 from blocks.ss2d import SS2D, cross_merge, cross_scan
 from hybridlab.cli import main as cli_main
-from hybridlab.errors import ConfigError
+from hybridlab.errors import ConfigError, PatternError
 from hybridlab.measure import count_compute
 
 
@@ -183,6 +183,8 @@ def test_ss2d_registered_and_trains_a_step():
     bt = block_types()["S"]
     assert bt.kind == "mixer"
     assert set(bt.options) == {"d_state", "ssm_ratio", "d_conv", "dt_rank", "window"}
+    with pytest.raises(PatternError, match="'d_conv' of block 'S'"):
+        parse("C | S[d_conv=4]")  # the conv2d keeps the map's size only with an odd kernel
     spec = ModelSpec.create("C | C | V[d_state=2]*2 | S[d_state=2,ssm_ratio=1.0]*2", **TINY)
     model = HybridNet(spec=spec)
     loss = F.cross_entropy(model(torch.randn(2, 3, 32, 32)), torch.tensor([0, 2]))
