@@ -115,7 +115,6 @@ class BiMambaMixer(nn.Module):
         return p
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        b, length, _ = hidden_states.shape
         d, r, n = self.d_inner, self.dt_rank, self.d_state
         x, z = self.in_proj(hidden_states).split(d, dim=-1)  # (B, L, d) each
         # both directions side by side on the channel axis, each in its own time order
