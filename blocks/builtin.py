@@ -43,3 +43,39 @@ register_block(
     options=[Option("qkv_bias", bool, True, help="bias on the qkv projection")],
     help="multi-head self-attention (SDPA) in the standard block, inside windows",
 )
+
+from blocks.vim import BiMambaMixer  # noqa: E402  (appended registration)
+
+register_block(
+    "V",
+    BiMambaMixer,
+    kind="mixer",
+    options=[
+        Option("d_state", int, 16, min=1, max=256, help="SSM state size N"),
+        Option("expand", int, 2, min=1, max=8, help="inner width = expand * dim"),
+        Option("d_conv", int, 4, min=1, max=16, help="causal depthwise conv1d kernel size (each direction)"),
+        Option(
+            "combine",
+            str,
+            "average",
+            choices=("average", "sum"),
+            help="how the two directions meet: averaged (Vim's released models) or summed",
+        ),
+    ],
+    help="Vim bidirectional Mamba (bimamba v2): forward + backward scan, shared in/out projections",
+)
+
+from blocks.ss2d import SS2D  # noqa: E402  (appended registration)
+
+register_block(
+    "S",
+    SS2D,
+    kind="mixer",
+    options=[
+        Option("d_state", int, 16, min=1, max=256, help="SSM state size N"),
+        Option("ssm_ratio", float, 2.0, min=0.25, max=8.0, help="inner width = ssm_ratio * dim"),
+        Option("d_conv", int, 3, choices=(1, 3, 5, 7, 9, 11, 13, 15), help="depthwise conv2d kernel; 1 = no conv"),
+        Option("dt_rank", int, 0, min=0, max=1024, help="rank of the dt projection; 0 = ceil(dim/16)"),
+    ],
+    help="VMamba SS2D: 2-D selective scan in 4 directions (one grouped scan) on the window's map",
+)
