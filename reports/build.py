@@ -2,6 +2,7 @@
 
 `build_report` writes into `<results-dir>/<study>/report/` by default:
 pareto.png/.svg (multi-objective) or ranking.png/.svg (single objective), hypervolume.png,
+curves.png/.svg (when trials carry learning curves),
 table.md/.csv/.tex, ablation.md/.csv/.tex (ablation studies; .tex: booktabs) and report.html (self-contained).
 Files from an earlier run that this run does not produce are removed, so the folder never mixes runs.
 """
@@ -21,6 +22,7 @@ from hybridlab.atomic import atomic_write
 from hybridlab.errors import HybridlabError
 from hybridlab.metrics import Objective
 from reports.ablation import ablation_csv, ablation_frame, ablation_table
+from reports.curves import learning_curves
 from reports.figures import to_png, to_svg
 from reports.html import Page
 from reports.hypervolume import history, reference_point
@@ -40,7 +42,8 @@ from reports.tables import (
 from reports.uncertainty import best_of
 from studies.table import state_counts
 
-REPORT_FILES = ("pareto.png", "pareto.svg", "ranking.png", "ranking.svg", "hypervolume.png", "summary.md",
+REPORT_FILES = ("pareto.png", "pareto.svg", "ranking.png", "ranking.svg", "hypervolume.png", "curves.png",
+                "curves.svg", "summary.md",
                 "table.md", "table.csv", "table.tex", "ablation.md", "ablation.csv", "ablation.tex",
                 "report.html")
 Echo = Callable[[str], None]
@@ -108,6 +111,11 @@ def write_report(data: StudyData, folder: Path, echo: Echo | None = None) -> lis
         caption = ("Best architecture mean after each finished trial." if len(objectives) == 1 else
                    "Hypervolume of the front after each finished trial; the reference point is written on the plot.")
         page.figure("Hypervolume" if len(objectives) > 1 else "Best value so far", files["hypervolume.png"], caption)
+
+    fig, caption = learning_curves(frame, f"{name}: learning curves")
+    if fig is not None:
+        files["curves.png"], files["curves.svg"] = to_png(fig), to_svg(fig)
+        page.figure("Learning curves", files["curves.png"], caption)
 
     abl, default = None, None
     if data.ablation is not None:
