@@ -144,6 +144,24 @@ def test_list_empty_folder_and_missing_storage(tmp_path, capsys):
     assert not (tmp_path / "none.db").exists()
 
 
+def test_status_reads_the_trials_table_when_there_is_no_storage(tmp_path, capsys):
+    folder = tmp_path / "results" / "copied"
+    folder.mkdir(parents=True)
+    (folder / "trials.csv").write_text(
+        "number,state,pattern,seed,fail_reason,reused_from,datetime_start,datetime_complete\n"
+        "0,COMPLETE,C | M,0,,,2026-01-01T12:00:00,2026-01-01T12:10:00\n"
+        "1,COMPLETE,C | M,0,,0,2026-01-01T12:10:00,2026-01-01T12:10:01\n"
+        "2,FAIL,C | A,0,loss is NaN,,2026-01-01T12:10:00,2026-01-01T12:11:00\n"
+        "3,WAITING,C | A,1,,,,\n")
+    assert cli_main(["status", "copied", "--results-dir", str(tmp_path / "results")]) == 0
+    out = capsys.readouterr().out
+    assert "trials: 4 (1 planned, 0 running, 2 finished, 1 failed, 0 pruned)" in out
+    assert "failed trial 2: C | A: loss is NaN" in out
+    assert "elapsed: 11m00s" in out  # first start to last end: nothing is live in a table without workers
+    assert "ETA: unknown (1 trials left, no worker running)" in out
+    assert "note: trials.csv is rewritten after each finished trial" in out
+
+
 def test_durations_read_well():
     assert [fmt_duration(s) for s in (42, 750, 3900, 90000, None)] == ["42s", "12m30s", "1h05m", "1d01h", "?"]
 

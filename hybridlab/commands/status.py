@@ -33,7 +33,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    study, shown = open_study(args.source, args.results_dir, args.study)
+    from hybridlab.errors import HybridlabError
+
+    try:
+        study, shown = open_study(args.source, args.results_dir, args.study)
+    except HybridlabError as exc:
+        table = snapshot_table(args.source, args.results_dir)
+        if table is None:
+            raise
+        study, shown = table_study(table), f"{table}; the storage could not be read: {exc}"
+        print(format_status(summarize(study), study.study_name, shown))
+        print("note: trials.csv is rewritten after each finished trial, so a trial started since shows as planned")
+        return 0
     print(format_status(summarize(study), study.study_name, shown))
     return 0
 
@@ -111,6 +122,49 @@ def open_study(source: str | None, results_dir: Path, study: str | None) -> tupl
         raise fail(f"cannot load study {wanted!r} from {shown}", exc) from None
 
 
+def snapshot_table(source: str | None, results_dir: Path) -> Path | None:
+    """The trials.csv of a study folder named by `source`, when there is one (read when the storage cannot be)."""
+    if source is None or "://" in source:
+        return None
+    for folder in (results_dir / source, Path(source)):
+        if (folder / "trials.csv").is_file():
+            return folder / "trials.csv"
+    return None
+
+
+def table_study(path: Path) -> Any:
+    """A trials.csv as the few parts of an Optuna study that `summarize` reads."""
+    import csv
+    from types import SimpleNamespace
+
+    def when(text: str | None) -> dt.datetime | None:
+        try:
+            return dt.datetime.fromisoformat(text) if text else None
+        except ValueError:
+            return None
+
+    def value(text: str | None) -> Any:
+        if text is None or text == "":
+            return None
+        try:
+            return int(text)
+        except ValueError:
+            return text
+
+    trials = []
+    with path.open(newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            if not str(row.get("number", "")).isdigit():
+                continue
+            attrs = {k: value(v) for k, v in row.items() if value(v) is not None}
+            trials.append(SimpleNamespace(
+                number=int(row["number"]), state=SimpleNamespace(name=row.get("state") or "WAITING"), user_attrs=attrs,
+                datetime_start=when(row.get("datetime_start")), datetime_complete=when(row.get("datetime_complete")),
+                intermediate_values={}))
+    name = str(read_json(path.parent / "manifest.json").get("study") or path.parent.name)
+    return SimpleNamespace(study_name=name, user_attrs={}, get_trials=lambda deepcopy=False: trials)
+
+
 def study_folders(results_dir: Path) -> list[Path]:
     """Subfolders of `results_dir` that hold a study (a study.db, trials.csv or manifest.json)."""
     if not results_dir.is_dir():
@@ -181,12 +235,13 @@ def summarize(study: Any, now: dt.datetime | None = None) -> Status:
                                   "reason": attrs.get("fail_reason")})
     starts = [t.datetime_start for t in trials if t.datetime_start is not None]
     if starts:
-        live = counts["RUNNING"] or counts["WAITING"]
+        live = counts["RUNNING"]  # a study with no trial running is paused: its clock stops at the last end
         ends = [t.datetime_complete for t in trials if t.datetime_complete is not None]
         end = now if live or not ends else max(ends)
         status.elapsed_s = max(0.0, (end - min(starts)).total_seconds())
-    durations = [(t.datetime_complete - t.datetime_start).total_seconds() for t in trials
-                 if t.state.name == "COMPLETE" and t.datetime_start and t.datetime_complete]
+    durations = [(t.datetime_complete - t.datetime_start).total_seconds() for t in trials  # reused results took no time
+                 if t.state.name == "COMPLETE" and t.datetime_start and t.datetime_complete
+                 and t.user_attrs.get("reused_from") is None]
     if durations:
         status.mean_trial_s = sum(durations) / len(durations)
     status.workers = len({r["worker"] or f"trial {r['number']}" for r in status.running})
