@@ -94,3 +94,18 @@ def test_curves_depend_on_the_data():
     from reports.figures import to_png
 
     assert to_png(fig_a) != to_png(fig_b)
+
+
+def test_curves_from_a_live_study_attribute(tmp_path):
+    import optuna
+
+    study = optuna.create_study(study_name="live", directions=["maximize", "maximize"])
+    for seed in (0, 1):
+        curve = json.loads(_curve(seed, 0.1))
+        study.add_trial(optuna.trial.create_trial(
+            values=[curve[-1]["top1"], 900.0],
+            user_attrs={"pattern": "C | M", "arch_hash": "h1", "seed": seed, "top1": curve[-1]["top1"],
+                        "throughput_img_s": 900.0, "learning_curve": curve}))
+    out = build_report(study, out=tmp_path / "report")
+    assert (out / "curves.png").exists()
+    assert "range (min to max) where 2 seeds finished" in (out / "report.html").read_text()
