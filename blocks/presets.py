@@ -4,10 +4,17 @@
     preset_spec("mambavision_b", num_classes=10)   # a ModelSpec, ready for studies or .build()
     timm.create_model("mambavision_t", pattern="C | C*3 | (A M)*4 | M*2 A*2")   # same depths only
     timm.create_model("hybrid", pattern="C | C*3 | M*4 A*4 | M*2 A*2", dim=80)
+    timm.create_model("mambavision_t", pretrained=True)   # the official weights, from Hugging Face
+    timm.create_model("mambavision_t", pretrained=True, pretrained_cfg_overlay=dict(file="tiny_1k.pth.tar"))
 
 The settings are the official constructors' (widths, depths, heads, windows, mlp ratio, drop path,
 layer scale); the pattern follows the official rule: stages 1-2 conv blocks, then in every later
 stage the first ceil(N/2) blocks are mixers and the rest self-attention.
+
+Each preset's `pretrained_cfg` names the official weights (`hf_hub_id`/`hf_hub_filename`: NVIDIA's Hugging
+Face repos; B, L and L3 also have `.in21k_ft_in1k` tags). A local file (`pretrained_cfg_overlay=dict(file=...)`)
+may be the official `.pth.tar`, a training checkpoint (`state_dict`/`model` inside) or a plain state dict; it is
+read with `weights_only=True`. Another class count drops the head (timm's rule); other misfits are one line.
 """
 
 from __future__ import annotations
@@ -18,11 +25,12 @@ from typing import Any
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._builder import resolve_pretrained_cfg
 
 from blocks.grammar import parse
 from blocks.model import HybridNet
 from blocks.spec import ModelSpec
-from hybridlab.errors import ConfigError
+from hybridlab.errors import ConfigError, HybridlabError
 
 
 def official_pattern(depths: Sequence[int]) -> str:
@@ -124,18 +132,39 @@ def _cfg(**kwargs: Any) -> dict[str, Any]:
     }
 
 
+# The official weights: Hugging Face repos of NVIDIA's MambaVision models, each holding the `.pth.tar` the
+# official code downloads (a dict with the weights under `state_dict`; our keys are the official ones).
+HF_WEIGHTS: dict[str, tuple[str, str]] = {
+    "mambavision_t.in1k": ("nvidia/MambaVision-T-1K", "mambavision_tiny_1k.pth.tar"),
+    "mambavision_t2.in1k": ("nvidia/MambaVision-T2-1K", "mambavision_tiny2_1k.pth.tar"),
+    "mambavision_s.in1k": ("nvidia/MambaVision-S-1K", "mambavision_small_1k.pth.tar"),
+    "mambavision_b.in1k": ("nvidia/MambaVision-B-1K", "mambavision_base_1k.pth.tar"),
+    "mambavision_b.in21k_ft_in1k": ("nvidia/MambaVision-B-21K", "mambavision_base_21k.pth.tar"),
+    "mambavision_l.in1k": ("nvidia/MambaVision-L-1K", "mambavision_large_1k.pth.tar"),
+    "mambavision_l.in21k_ft_in1k": ("nvidia/MambaVision-L-21K", "mambavision_large_21k.pth.tar"),
+    "mambavision_l2.in1k": ("nvidia/MambaVision-L2-1K", "mambavision_large2_1k.pth.tar"),
+    "mambavision_l3_256.in21k_ft_in1k": ("nvidia/MambaVision-L3-256-21K", "mambavision_L3_21k_740m_256.pth.tar"),
+    "mambavision_l3_512.in21k_ft_in1k": ("nvidia/MambaVision-L3-512-21K", "mambavision_L3_21k_740m_512.pth.tar"),
+}
+_EVAL: dict[str, dict[str, Any]] = {
+    "mambavision_t": dict(crop_pct=1.0),
+    "mambavision_t2": dict(crop_pct=0.98),
+    "mambavision_s": dict(crop_pct=0.93),
+    "mambavision_b": dict(crop_pct=1.0),
+    "mambavision_l": dict(crop_pct=1.0),
+    "mambavision_l2": dict(crop_pct=1.0),
+    "mambavision_l3_256": dict(input_size=(3, 256, 256), crop_pct=1.0),
+    "mambavision_l3_512": dict(input_size=(3, 512, 512), crop_pct=0.93, crop_mode="squash"),
+}
+
+
+def _hf_cfg(name: str, repo: str, filename: str) -> dict[str, Any]:
+    return _cfg(**_EVAL[name.split(".")[0]], hf_hub_id=repo, hf_hub_filename=filename,
+                origin_url=f"https://huggingface.co/{repo}")
+
+
 default_cfgs = generate_default_cfgs(
-    {
-        "hybrid": _cfg(crop_pct=0.875),
-        "mambavision_t": _cfg(crop_pct=1.0),
-        "mambavision_t2": _cfg(crop_pct=0.98),
-        "mambavision_s": _cfg(crop_pct=0.93),
-        "mambavision_b": _cfg(crop_pct=1.0),
-        "mambavision_l": _cfg(crop_pct=1.0),
-        "mambavision_l2": _cfg(crop_pct=1.0),
-        "mambavision_l3_256": _cfg(input_size=(3, 256, 256), crop_pct=1.0),
-        "mambavision_l3_512": _cfg(input_size=(3, 512, 512), crop_pct=0.93, crop_mode="squash"),
-    }
+    {"hybrid": _cfg(crop_pct=0.875), **{name: _hf_cfg(name, *where) for name, where in HF_WEIGHTS.items()}}
 )
 
 _FEATURE_CFG = dict(out_indices=(0, 1, 2, 3), feature_cls="getter")
@@ -144,7 +173,76 @@ _FEATURE_CFG = dict(out_indices=(0, 1, 2, 3), feature_cls="getter")
 def _create(variant: str, pretrained: bool, **kwargs: Any) -> HybridNet:
     if variant in PRESETS:
         kwargs = _preset_kwargs(variant, kwargs)
-    return build_model_with_cfg(HybridNet, variant, pretrained, feature_cfg=dict(_FEATURE_CFG), **kwargs)
+    if pretrained:
+        overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
+        if overlay.get("state_dict") is None:
+            cfg = resolve_pretrained_cfg(variant, kwargs.get("pretrained_cfg"), overlay)
+            overlay["state_dict"] = pretrained_weights(variant, cfg.file, cfg.hf_hub_id, cfg.hf_hub_filename)
+        kwargs["pretrained_cfg_overlay"] = overlay
+    try:
+        model = build_model_with_cfg(HybridNet, variant, pretrained, feature_cfg=dict(_FEATURE_CFG),
+                                     pretrained_filter_fn=_filter_weights, **kwargs)
+    except RuntimeError as exc:
+        if not pretrained or "state_dict" not in str(exc):
+            raise
+        raise _misfit(variant, kwargs) from None
+    for part in (model, getattr(model, "model", None)):  # keep no second copy of the weights in the config
+        cfg = getattr(part, "pretrained_cfg", None)
+        if isinstance(cfg, dict):
+            cfg.pop("state_dict", None)
+    return model
+
+
+def _misfit(variant: str, kwargs: dict[str, Any]) -> HybridlabError:
+    """Say in one line which keys of the weights do not fit (missing, unexpected, other shapes)."""
+    from blocks.checkpoint import load_official_checkpoint
+
+    kwargs = dict(kwargs)
+    weights = kwargs.pop("pretrained_cfg_overlay")["state_dict"]
+    model = build_model_with_cfg(HybridNet, variant, False, feature_cfg=dict(_FEATURE_CFG), **kwargs)
+    if getattr(model, "num_classes", 1000) != 1000:  # timm drops the head for another class count
+        weights = {k: v for k, v in weights.items() if not k.startswith("head.")}
+        model.head = None
+    try:
+        load_official_checkpoint(model, weights, strict=True)
+    except HybridlabError as exc:
+        return HybridlabError(f"the pretrained weights do not fit {variant}: {str(exc).split(': ', 1)[-1]}")
+    return HybridlabError(f"the pretrained weights do not fit {variant}")
+
+
+def pretrained_weights(variant: str, file: str | None, hf_hub_id: str | None,
+                       hf_hub_filename: str | None) -> dict[str, Any]:
+    """The state dict to start `variant` from: a local file (official `.pth.tar`, a training checkpoint or a plain
+    state dict; read with weights_only), else the official file from Hugging Face; one-line errors."""
+    from blocks.checkpoint import _read, _strip, _unwrap
+
+    if not file:
+        if not hf_hub_id:
+            raise HybridlabError(f"{variant} has no published weights; pass a file: timm.create_model({variant!r}, "
+                                 "pretrained=True, pretrained_cfg_overlay=dict(file='/path/to/weights.pth'))")
+        file = _download(variant, hf_hub_id, hf_hub_filename or "pytorch_model.bin")
+    return _strip(_unwrap(_read(file), use_ema=False))
+
+
+def _download(variant: str, repo: str, filename: str) -> str:
+    """The cached path of a Hugging Face file, downloading it when needed."""
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return hf_hub_download(repo_id=repo, filename=filename)
+    except Exception as exc:  # noqa: BLE001 - no network, offline mode, missing package, ...: one line
+        reason = " ".join(str(exc).split()).split(". ")[0][:160] or type(exc).__name__
+        raise HybridlabError(
+            f"cannot download the {variant} weights {repo}/{filename} from Hugging Face ({reason}); without "
+            f"network, copy that file here and pass it: timm.create_model({variant!r}, pretrained=True, "
+            f"pretrained_cfg_overlay=dict(file='/path/to/{filename}'))") from None
+
+
+def _filter_weights(state_dict: dict[str, Any], model: Any = None) -> dict[str, Any]:
+    """timm's hook for weights it reads itself: unwrap `state_dict`/`model` and strip `module.`/`model.`."""
+    from blocks.checkpoint import _strip, _unwrap
+
+    return _strip(_unwrap(state_dict, use_ema=False))
 
 
 @register_model
@@ -201,4 +299,5 @@ def mambavision_l3_512(pretrained: bool = False, **kwargs: Any) -> HybridNet:
     return _create("mambavision_l3_512", pretrained, **kwargs)
 
 
-__all__ = ["DEFAULT_PATTERN", "OFFICIAL_NAMES", "PRESETS", "official_pattern", "preset_spec"]
+__all__ = ["DEFAULT_PATTERN", "HF_WEIGHTS", "OFFICIAL_NAMES", "PRESETS", "official_pattern", "preset_spec",
+           "pretrained_weights"]

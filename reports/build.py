@@ -2,7 +2,8 @@
 
 `build_report` writes into `<results-dir>/<study>/report/` by default:
 pareto.png/.svg (multi-objective) or ranking.png/.svg (single objective), hypervolume.png,
-table.md/.csv, ablation.md/.csv (ablation studies) and report.html (self-contained).
+curves.png/.svg (when trials carry learning curves),
+table.md/.csv/.tex, ablation.md/.csv/.tex (ablation studies; .tex: booktabs) and report.html (self-contained).
 Files from an earlier run that this run does not produce are removed, so the folder never mixes runs.
 """
 
@@ -21,9 +22,11 @@ from hybridlab.atomic import atomic_write
 from hybridlab.errors import HybridlabError
 from hybridlab.metrics import Objective
 from reports.ablation import ablation_csv, ablation_frame, ablation_table
+from reports.curves import learning_curves
 from reports.figures import to_png, to_svg
 from reports.html import Page
 from reports.hypervolume import history, reference_point
+from reports.latex import to_latex
 from reports.load import StudyData, load_study, mask_url
 from reports.pareto import aggregate, finished_rows
 from reports.plots import pareto_plot
@@ -39,8 +42,10 @@ from reports.tables import (
 from reports.uncertainty import best_of
 from studies.table import state_counts
 
-REPORT_FILES = ("pareto.png", "pareto.svg", "ranking.png", "ranking.svg", "hypervolume.png", "summary.md",
-                "table.md", "table.csv", "ablation.md", "ablation.csv", "report.html")
+REPORT_FILES = ("pareto.png", "pareto.svg", "ranking.png", "ranking.svg", "hypervolume.png", "curves.png",
+                "curves.svg", "summary.md",
+                "table.md", "table.csv", "table.tex", "ablation.md", "ablation.csv", "ablation.tex",
+                "report.html")
 Echo = Callable[[str], None]
 
 
@@ -107,6 +112,11 @@ def write_report(data: StudyData, folder: Path, echo: Echo | None = None) -> lis
                    "Hypervolume of the front after each finished trial; the reference point is written on the plot.")
         page.figure("Hypervolume" if len(objectives) > 1 else "Best value so far", files["hypervolume.png"], caption)
 
+    fig, caption = learning_curves(frame, f"{name}: learning curves")
+    if fig is not None:
+        files["curves.png"], files["curves.svg"] = to_png(fig), to_svg(fig)
+        page.figure("Learning curves", files["curves.png"], caption)
+
     abl, default = None, None
     if data.ablation is not None:
         default = data.ablation.get("default_label")
@@ -120,6 +130,7 @@ def write_report(data: StudyData, folder: Path, echo: Echo | None = None) -> lis
     table = architecture_table(arch, objectives, frame)
     files["table.md"] = f"# {name}: architectures\n\n{table.to_markdown()}".encode()
     files["table.csv"] = architecture_csv(arch).to_csv(index=False).encode()
+    files["table.tex"] = to_latex(table, f"{name}: architectures", f"{name}-architectures").encode()
     page.table("Architectures", table, "One row per architecture (trials grouped by arch_hash), sorted by Pareto "
                "rank, then by the first objective.")
 
@@ -127,6 +138,7 @@ def write_report(data: StudyData, folder: Path, echo: Echo | None = None) -> lis
         atable = ablation_table(abl, objectives, default)
         files["ablation.md"] = f"# {name}: ablation\n\n{atable.to_markdown()}".encode()
         files["ablation.csv"] = ablation_csv(abl).to_csv(index=False).encode()
+        files["ablation.tex"] = to_latex(atable, f"{name}: ablation", f"{name}-ablation").encode()
         page.table("Ablation", atable, "One row per variant (label): mean [95% interval] over seeds, and the paired "
                    "difference to the default row.")
 
@@ -169,7 +181,7 @@ def write_files(folder: Path, files: dict[str, bytes], managed: Sequence[str], s
     except OSError as exc:
         raise HybridlabError(f"cannot create report folder {folder}: {exc.strerror or exc}") from None
     for fname, blob in sorted(files.items()):
-        if fname.endswith((".md", ".csv")):
+        if fname.endswith((".md", ".csv", ".tex")):
             blob = scrub(blob.decode("utf-8")).encode("utf-8")
         atomic_write(folder / fname, blob)
     for fname in managed:
