@@ -34,7 +34,7 @@ def test_building_the_parser_imports_no_heavy_library() -> None:
 
 
 @pytest.mark.subprocess
-@pytest.mark.parametrize("command", ["run", "worker", "rebuild_storage"])
+@pytest.mark.parametrize("command", ["run", "worker", "rebuild_storage", "status", "list_studies"])
 def test_study_commands_import_no_heavy_library(command) -> None:
     assert _loaded_after(f"import hybridlab.cli, hybridlab.commands.{command}") == []
 

@@ -230,7 +230,7 @@ def test_report_writes_every_file(demo_report):
     assert demo_report.name == "report" and demo_report.parent.name == "demo"
     names = sorted(p.name for p in demo_report.iterdir())
     assert names == ["hypervolume.png", "pareto.png", "pareto.svg", "report.html", "summary.md", "table.csv",
-                     "table.md"]
+                     "table.md", "table.tex"]
     for name in ("pareto.png", "hypervolume.png"):
         assert (demo_report / name).read_bytes().startswith(PNG_MAGIC)
     svg = (demo_report / "pareto.svg").read_text()
@@ -290,7 +290,7 @@ def test_empty_study_writes_a_minimal_report(tmp_path):
     messages: list[str] = []
     out = build_report("empty", results_dir=tmp_path, echo=messages.append)
     assert messages == [f"study 'empty' has no trials yet; wrote a minimal report to {out}"]
-    assert sorted(p.name for p in out.iterdir()) == ["report.html", "table.csv", "table.md"]
+    assert sorted(p.name for p in out.iterdir()) == ["report.html", "table.csv", "table.md", "table.tex"]
     page = (out / "report.html").read_text()
     assert "has no trials yet" in page
     assert "note: &lt;b&gt;&amp;amp; escaped&lt;/b&gt;" in page  # the study file is shown escaped
@@ -314,7 +314,7 @@ def test_single_objective_study_gets_a_ranking_plot(tmp_path):
     out = build_report("single", results_dir=tmp_path)
     names = sorted(p.name for p in out.iterdir())
     assert names == ["hypervolume.png", "ranking.png", "ranking.svg", "report.html", "summary.md", "table.csv",
-                     "table.md"]
+                     "table.md", "table.tex"]
     assert pd.read_csv(out / "table.csv")["rank"].tolist() == [1, 2, 3]
     # a later multi-objective run into the same folder removes the stale ranking files
     (tmp_path / "single" / "manifest.json").write_text(json.dumps({"study": "single"}))

@@ -9,8 +9,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "report", help="Pareto plot, hypervolume, tables and an HTML page for a study",
         description="Write <results-dir>/<study>/report/: pareto.png/.svg (or ranking.png/.svg for one "
-                    "objective), hypervolume.png, summary.md (what the data can and cannot tell), table.md/.csv, "
-                    "ablation.md/.csv and report.html. A study name or folder is read from its live storage when "
+                    "objective), hypervolume.png, summary.md (what the data can and cannot tell), table.md/.csv/.tex, "
+                    "ablation.md/.csv/.tex, curves.png/.svg (learning curves, when trials recorded them) and report.html. A study name or folder is read from its live storage when "
                     "that can be opened, else from its trials.csv.")
     parser.add_argument("source", metavar="STUDY_NAME_OR_STORAGE",
                         help="a study name under --results-dir, a study folder, or a storage URL "
