@@ -245,6 +245,9 @@ def train_and_evaluate(model: nn.Module, datamodule: L.LightningDataModule, reci
     stopped_by_time = bool(timer is not None and max_time is not None and timer.time_remaining() is not None
                            and timer.time_remaining() <= 0)
     done = _progress(trainer, last, strategy)
+    if strategy == "ddp_spawn" and not curve.curve and last.is_file():  # the ranks' curve went into the checkpoint
+        saved = torch.load(last, map_location="cpu", weights_only=True).get("callbacks", {})
+        curve.load_state_dict(saved.get(curve.state_key, {}))
     best_path = (ckpt_cb.best_model_path or None) if ckpt_cb is not None else None
     kept = {"best": Path(best_path) if best_path else None, "last": last if last.is_file() else None}
     if not stopped_by_time and done["epochs"] >= recipe.epochs:

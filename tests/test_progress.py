@@ -82,6 +82,21 @@ def test_curve_adds_the_final_validation_and_survives_a_resume(tmp_path):
     assert second["top1"] == pytest.approx(second["learning_curve"][2]["top1"])
 
 
+def test_a_report_that_raises_stops_the_trial(tmp_path):
+    class Pruned(Exception):  # what optuna.TrialPruned does when the runner's report asks the pruner
+        pass
+
+    calls: list[int] = []
+
+    def report(epoch: int, point: dict) -> None:
+        calls.append(epoch)
+        raise Pruned(f"pruned at epoch {epoch}")
+
+    with pytest.raises(Pruned, match="pruned at epoch 1"):
+        train_and_evaluate(tiny_model(), tiny_data(), FAST, tmp_path, seed=0, logger=False, report=report)
+    assert calls == [1]  # the second epoch never ran
+
+
 def test_curve_state_round_trips():
     curve = LearningCurve()
     curve.curve = [{"epoch": 1, "train_loss": 1.0, "val_loss": 2.0, "top1": 50.0}]
