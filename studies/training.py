@@ -191,8 +191,8 @@ def train_and_evaluate(model: nn.Module, datamodule: L.LightningDataModule, reci
     `experiment` and `run_name` name the MLflow/W&B experiment and run). `progress_bar` shows Lightning's bar
     only when stdout is a terminal (`show_progress_bar`); pass `studies.progress.ProgressLines` in `callbacks`
     for plain lines. After a trial that trained all its epochs, `recipe.checkpoints` decides which checkpoints
-    stay (see TrainRecipe); a trial stopped early (time limit, error) keeps everything for its resume. `resume_from` is a checkpoint path or
-    "last"; an unusable checkpoint falls back to an older one beside it or to a fresh start, and the one-line
+    stay (see TrainRecipe); a trial stopped early (time limit, error) keeps everything for its resume.
+    `resume_from` is a checkpoint path or "last"; an unusable checkpoint falls back to an older one beside it or to a fresh start, and the one-line
     `resume_note` saying so also goes to `echo` (default: stderr). A full disk raises DiskFullError. `seed` seeds
     everything (`L.seed_everything(seed, workers=True)`) and becomes the data module's `shuffle_seed`; the model
     is built by the caller, so its initialisation follows whatever seed was set before.
@@ -228,7 +228,11 @@ def train_and_evaluate(model: nn.Module, datamodule: L.LightningDataModule, reci
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
             metrics = dict(trainer.callback_metrics)
-            trained = int(trainer.current_epoch)
+            last = root / LAST_CKPT
+            if strategy == "ddp_spawn" and not curve.curve and last.is_file():  # the ranks kept it in the checkpoint
+                saved = torch.load(last, map_location="cpu", weights_only=True).get("callbacks", {})
+                curve.load_state_dict(saved.get(curve.state_key, {}))
+            trained = _progress(trainer, last, strategy)["epochs"]
             if "val/top1" not in metrics or not curve.curve or curve.curve[-1]["epoch"] < trained:
                 # resumed a finished run, or no validation due on the last epoch: validate the final weights
                 trainer.validate(module, datamodule=datamodule, verbose=False)
@@ -245,9 +249,6 @@ def train_and_evaluate(model: nn.Module, datamodule: L.LightningDataModule, reci
     stopped_by_time = bool(timer is not None and max_time is not None and timer.time_remaining() is not None
                            and timer.time_remaining() <= 0)
     done = _progress(trainer, last, strategy)
-    if strategy == "ddp_spawn" and not curve.curve and last.is_file():  # the ranks' curve went into the checkpoint
-        saved = torch.load(last, map_location="cpu", weights_only=True).get("callbacks", {})
-        curve.load_state_dict(saved.get(curve.state_key, {}))
     best_path = (ckpt_cb.best_model_path or None) if ckpt_cb is not None else None
     kept = {"best": Path(best_path) if best_path else None, "last": last if last.is_file() else None}
     if not stopped_by_time and done["epochs"] >= recipe.epochs:
