@@ -5,8 +5,10 @@ from __future__ import annotations
 import io
 import math
 import re
+from types import SimpleNamespace
 
 import pytest
+import torch
 from test_training import FAST, tiny_data, tiny_model
 
 from studies.progress import LearningCurve, ProgressLines, format_duration, trial_start_line
@@ -95,6 +97,44 @@ def test_a_report_that_raises_stops_the_trial(tmp_path):
     with pytest.raises(Pruned, match="pruned at epoch 1"):
         train_and_evaluate(tiny_model(), tiny_data(), FAST, tmp_path, seed=0, logger=False, report=report)
     assert calls == [1]  # the second epoch never ran
+
+
+def test_line_figures_with_a_fake_trainer_and_clock():
+    now = [0.0]
+    printed: list[str] = []
+    trainer = SimpleNamespace(current_epoch=0, max_epochs=2, num_training_batches=4, accumulate_grad_batches=2,
+                              callback_metrics={}, is_global_zero=True, sanity_checking=False)
+    lines = ProgressLines("trial 1", echo=printed.append, every_s=10, trials_left=1, mean_trial_s=100,
+                          clock=lambda: now[0])
+    batch = (torch.zeros(100, 1), torch.zeros(100))
+
+    def step(at: float, index: int, loss: float) -> None:
+        now[0] = at
+        lines.on_train_batch_end(trainer, None, {"loss": torch.tensor(loss)}, batch, index)
+
+    lines.on_train_start(trainer, None)
+    lines.on_train_epoch_start(trainer, None)
+    step(5, 0, 0.5)  # Lightning's loss is divided by the 2 accumulated batches: 1.0
+    step(10, 1, 1.5)  # 3.0; 10 s since the start: a line
+    now[0] = 12
+    lines.on_validation_start(trainer, None)
+    trainer.callback_metrics = {"val/top1": torch.tensor(50.0)}
+    now[0] = 14
+    lines.on_validation_end(trainer, None)  # 2 s of validation, left out of img/s
+    step(15, 2, 1.0)
+    step(16, 3, 1.0)
+    trainer.callback_metrics["train/loss"] = torch.tensor(1.25)
+    now[0] = 20
+    lines.on_train_epoch_end(trainer, None)
+    assert printed == [
+        # 200 images in 10 s; 2 of 8 batches in 10 s: 30 s left; the study: + 1 trial x 100 s
+        "[trial 1] epoch 1/2 step 2/4 · loss 2 · top-1 - · 20 img/s · ETA trial 0:30 · study 2:10",
+        # 400 images in 20 - 2 s; 4 of 8 batches in 20 s
+        "[trial 1] epoch 1/2 · loss 1.25 · top-1 50.0% · 22 img/s · ETA trial 0:20 · study 2:00",
+    ]
+    trainer.is_global_zero = False  # other ranks stay quiet
+    lines.on_train_epoch_end(trainer, None)
+    assert len(printed) == 2
 
 
 def test_curve_state_round_trips():
