@@ -8,6 +8,10 @@ naming the folder. Loads use `weights_only=True` (checkpoints hold tensors and p
 `resume_candidates` + `usable_checkpoint` pick what a resumed trial starts from (a file that loads and whose
 records pass their CRC-32 check): the requested checkpoint, else an older one beside it (`last.ckpt`, then
 `best.ckpt`), else nothing (train from scratch), with one line naming the skipped files and why.
+
+`retain_checkpoints` applies a recipe's `checkpoints` policy once a trial has finished: the kept files are
+rewritten (atomically) with the weights only, the others deleted. A weights-only file is marked so that a
+resume skips it instead of failing in Lightning's restore.
 """
 
 from __future__ import annotations
@@ -31,6 +35,11 @@ BEST_NAME = "best"
 BEST_CKPT = f"{BEST_NAME}.ckpt"
 _FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 _REQUIRED_KEYS = ("state_dict", "epoch", "global_step")
+WEIGHTS_ONLY_KEY = "hybridlab_weights_only"
+# what a weights-only file keeps from a Lightning checkpoint: the weights and what says where they came from
+_WEIGHT_KEYS = ("state_dict", "epoch", "global_step", "pytorch-lightning_version", "hyper_parameters")
+_KEEP = {"best": (BEST_CKPT,), "last": (LAST_CKPT,), "both": (BEST_CKPT, LAST_CKPT),
+         "full": (BEST_CKPT, LAST_CKPT), "none_after_finish": ()}
 
 
 class DiskFullError(StudyHalt):
@@ -92,6 +101,8 @@ def checkpoint_problem(path: Path) -> str | None:
         return f"it cannot be read ({size:,} bytes; {reason})"
     if not isinstance(data, dict) or any(key not in data for key in _REQUIRED_KEYS):
         return "it is not a training checkpoint"
+    if data.get(WEIGHTS_ONLY_KEY):
+        return "it holds weights only (its trial had finished)"
     return _crc_problem(path)
 
 
@@ -167,3 +178,44 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
             path.unlink()
             removed.append(path)
     return removed
+
+
+def strip_to_weights(path: Path) -> Path:
+    """Rewrite checkpoint `path` in place (atomically) without optimizer, scheduler, loop or callback state."""
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    if data.get(WEIGHTS_ONLY_KEY):
+        return path
+    kept = {key: data[key] for key in _WEIGHT_KEYS if key in data}
+    kept[WEIGHTS_ONLY_KEY] = True
+    try:
+        atomic_write(path, lambda tmp: _save(kept, tmp))
+    except OSError as err:
+        if is_disk_full(err):
+            raise disk_full_error(path.parent, err) from None
+        raise
+    return path
+
+
+def retain_checkpoints(root: Path, policy: str) -> dict[str, Path | None]:
+    """Apply `policy` (a `TrainRecipe.checkpoints` value) to a finished trial's folder `root`.
+
+    Returns {"best": path or None, "last": path or None}: the checkpoint files that remain.
+    """
+    if policy not in _KEEP:
+        raise ValueError(f"unknown checkpoint policy {policy!r}")
+    keep = _KEEP[policy]
+    if keep and not any((root / name).is_file() for name in keep):  # e.g. no best: no validation ever ran
+        keep = (LAST_CKPT,)
+    out: dict[str, Path | None] = {}
+    for key, name in (("best", BEST_CKPT), ("last", LAST_CKPT)):
+        path = root / name
+        if not path.is_file():
+            out[key] = None
+        elif name not in keep:
+            path.unlink()
+            out[key] = None
+        else:
+            if policy != "full":
+                strip_to_weights(path)
+            out[key] = path
+    return out

@@ -16,6 +16,8 @@ from timm.optim import list_optimizers
 
 from hybridlab.errors import ConfigError
 
+LOGGERS = ("csv", "tensorboard", "mlflow", "wandb")
+CHECKPOINT_POLICIES = ("best", "last", "both", "full", "none_after_finish")
 PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true")
 
 _INT = {"epochs": 1, "batch_size": 1, "accumulate_grad_batches": 1, "val_every_n_epochs": 1, "threads": 1}
@@ -35,7 +37,13 @@ class TrainRecipe:
     (it is clipped to the run length); `mixup`/`cutmix` are the Beta alphas (0 = off); `clip_grad` is a max
     gradient norm; `ema` validates with EMA weights; `limit_*_batches` are fidelity knobs (int = batches,
     float = fraction, as in Lightning); `threads` is torch's intra-op thread count while training (None leaves
-    torch's default; fewer threads than cores avoids OpenMP spin-waits when other processes share the CPU)."""
+    torch's default; fewer threads than cores avoids OpenMP spin-waits when other processes share the CPU).
+
+    `loggers`: Lightning loggers to write (`csv`, `tensorboard`, `mlflow`, `wandb`; see `studies.loggers`).
+    `checkpoints`: what a trial keeps. While it runs, always `last.ckpt` and `best.ckpt` with optimizer state
+    (resume needs them); once it finished all its epochs: `best` (default) keeps only the best epoch's weights
+    in `best.ckpt`, `last` only the last epoch's weights in `last.ckpt`, `both` both as weights, `full` both
+    untouched (a finished trial can then be trained further), `none_after_finish` neither."""
 
     epochs: int = 10
     batch_size: int | None = None
@@ -60,6 +68,8 @@ class TrainRecipe:
     limit_val_batches: int | float | None = None
     val_every_n_epochs: int = 1
     threads: int | None = None
+    loggers: tuple[str, ...] = ("csv",)
+    checkpoints: str = "best"
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -81,7 +91,10 @@ class TrainRecipe:
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain values (lists, not tuples), so YAML and JSON writers store them without Python tags."""
+        out = asdict(self)
+        out["loggers"] = list(self.loggers)
+        return out
 
     @property
     def uses_mixup(self) -> bool:
@@ -122,6 +135,12 @@ def _check_setting(name: str, value: Any, where: str) -> Any:
         if value not in PRECISIONS:
             raise ConfigError(f"must be one of {', '.join(PRECISIONS)}, got {value!r}", key)
         return value
+    if name == "loggers":
+        return _check_loggers(value, key)
+    if name == "checkpoints":
+        if value not in CHECKPOINT_POLICIES:
+            raise ConfigError(f"must be one of {', '.join(CHECKPOINT_POLICIES)}, got {value!r}", key)
+        return value
     if name in ("limit_train_batches", "limit_val_batches"):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"must be a batch count or a fraction, got {value!r}", key)
@@ -129,3 +148,18 @@ def _check_setting(name: str, value: Any, where: str) -> Any:
             raise ConfigError(f"must be a count >= 0 or a fraction in (0, 1], got {value}", key)
         return value
     raise ConfigError(f"unknown training setting {name!r}", key)  # pragma: no cover - fields and checks agree
+
+
+def _check_loggers(value: Any, key: str) -> tuple[str, ...]:
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"must be a list of logger names ({', '.join(LOGGERS)}), got {value!r}", key)
+    out: list[str] = []
+    for name in names:
+        name = name.lower()
+        if name not in LOGGERS:
+            raise ConfigError(f"unknown logger {name!r} (known: {', '.join(LOGGERS)})", key)
+        if name in out:
+            raise ConfigError(f"logger {name!r} is listed twice", key)
+        out.append(name)
+    return tuple(out)

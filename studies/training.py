@@ -8,7 +8,10 @@ The jobs live in their own modules: the recipe (`studies.recipe`), the Lightning
 schedule (`studies.lightning_module`) and the checkpoints (`studies.checkpoints`); their public names are
 importable from here too. The learning rate follows a linear warm-up then a cosine decay to `min_lr`, stepped
 every optimizer step, so short fidelity runs still see the whole schedule. Checkpoints (`last.ckpt`,
-`best.ckpt`) go straight into `root_dir`, written atomically, so a killed trial resumes with `resume_from="last"`.
+`best.ckpt`) go straight into `root_dir`, written atomically, so a killed trial resumes with `resume_from="last"`;
+once the trial has finished, the recipe's `checkpoints` policy decides what stays (by default the best weights).
+Loggers come from the recipe's `loggers` (`studies.loggers`), the per-epoch learning curve from
+`studies.progress.LearningCurve`.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import lightning as L
 import torch
 import torch.nn as nn
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.loggers import Logger
 
 from studies.checkpoints import (
     BEST_NAME,
@@ -39,9 +42,12 @@ from studies.checkpoints import (
     is_disk_full,
     remove_stale_temporaries,
     resume_candidates,
+    retain_checkpoints,
     usable_checkpoint,
 )
 from studies.lightning_module import ClassificationModule, NonFiniteLossError, WarmupCosine, param_groups
+from studies.loggers import build_loggers
+from studies.progress import LearningCurve, Report
 from studies.recipe import PRECISIONS, TrainRecipe
 
 __all__ = [
@@ -147,6 +153,16 @@ def torch_threads(threads: int | None) -> Iterator[int]:
             torch.set_num_threads(previous)
 
 
+def show_progress_bar(requested: bool, stream: Any = None) -> bool:
+    """Lightning's bar redraws one line with carriage returns (on stdout): readable in a terminal, noise in a
+    log file. So it is shown only when requested and stdout is a terminal."""
+    stream = sys.stdout if stream is None else stream
+    try:
+        return bool(requested) and bool(stream.isatty())
+    except (AttributeError, ValueError):  # a closed or replaced stream
+        return False
+
+
 def _echo_stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
@@ -162,14 +178,21 @@ def train_and_evaluate(model: nn.Module, datamodule: L.LightningDataModule, reci
                        logger: Logger | Iterable[Logger] | bool = True, devices: int | str = 1,
                        accelerator: str = "auto", deterministic: bool | Literal["warn"] = True,
                        max_time: float | str | timedelta | None = None,
-                       echo: Callable[[str], None] | None = None) -> dict[str, Any]:
+                       echo: Callable[[str], None] | None = None, report: Report | None = None,
+                       experiment: str = "hybridlab", run_name: str | None = None) -> dict[str, Any]:
     """Train `model` on `datamodule` and validate it; returns the final validation metrics and where things went.
 
     Keys: top1, top5, val_loss (last validation), best_top1, epochs (completed), global_step, train_time_s (this
     call: fit + final validation), train_threads (torch's thread count while training: `recipe.threads` or the
-    default), best_ckpt, last_ckpt, resumed_from, resume_note, stopped_by_time.
-    `logger=True` writes CSV metrics under root_dir/logs/version_<n>/. `resume_from` is a checkpoint path or
-    "last"; an unusable checkpoint falls back to an older one beside it or to a fresh start, and the one-line
+    default), best_ckpt, last_ckpt (None when not kept), resumed_from, resume_note, stopped_by_time,
+    learning_curve (a list of {epoch, train_loss, val_loss, top1}, one per validated epoch, earlier epochs of a
+    resumed run included); `report(epoch, point)` is called with each new point as it comes.
+    `logger=True` builds the recipe's `loggers` (CSV metrics under root_dir/logs/version_<n>/ by default;
+    `experiment` and `run_name` name the MLflow/W&B experiment and run). `progress_bar` shows Lightning's bar
+    only when stdout is a terminal (`show_progress_bar`); pass `studies.progress.ProgressLines` in `callbacks`
+    for plain lines. After a trial that trained all its epochs, `recipe.checkpoints` decides which checkpoints
+    stay (see TrainRecipe); a trial stopped early (time limit, error) keeps everything for its resume.
+    `resume_from` is a checkpoint path or "last"; an unusable checkpoint falls back to an older one beside it or to a fresh start, and the one-line
     `resume_note` saying so also goes to `echo` (default: stderr). A full disk raises DiskFullError. `seed` seeds
     everything (`L.seed_everything(seed, workers=True)`) and becomes the data module's `shuffle_seed`; the model
     is built by the caller, so its initialisation follows whatever seed was set before.
@@ -187,7 +210,8 @@ def train_and_evaluate(model: nn.Module, datamodule: L.LightningDataModule, reci
     if hasattr(datamodule, "shuffle_seed"):  # the trial seed drives the shuffle order; data `seed` keeps subsets
         datamodule.shuffle_seed = seed
     if logger is True:
-        logger = CSVLogger(save_dir=root, name="logs")
+        logger = build_loggers(recipe.loggers, root, experiment=experiment, run_name=run_name) or False
+    curve = LearningCurve(report)
     L.seed_everything(seed, workers=True, verbose=False)
     module = ClassificationModule(model, recipe, num_classes=getattr(datamodule, "num_classes", None))
     start = time.perf_counter()
@@ -197,13 +221,20 @@ def train_and_evaluate(model: nn.Module, datamodule: L.LightningDataModule, reci
         # Several devices: ddp_spawn, so this process keeps the trial (its sampled parameters and the built model
         # are shipped to every rank) instead of re-launching the whole study once per rank as plain ddp would.
         strategy = "ddp_spawn" if _device_count(devices) > 1 else "auto"
-        trainer = make_trainer(recipe, root, callbacks=callbacks, logger=logger, progress_bar=progress_bar,
+        trainer = make_trainer(recipe, root, callbacks=[*callbacks, curve], logger=logger,
+                               progress_bar=show_progress_bar(progress_bar),
                                devices=devices, accelerator=accelerator, deterministic=deterministic, strategy=strategy,
                                max_time=max_time)
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
             metrics = dict(trainer.callback_metrics)
-            if "val/top1" not in metrics:  # e.g. resumed a finished run, or val not due on the last epoch
+            last = root / LAST_CKPT
+            if strategy == "ddp_spawn" and not curve.curve and last.is_file():  # the ranks kept it in the checkpoint
+                saved = torch.load(last, map_location="cpu", weights_only=True).get("callbacks", {})
+                curve.load_state_dict(saved.get(curve.state_key, {}))
+            trained = _progress(trainer, last, strategy)["epochs"]
+            if "val/top1" not in metrics or not curve.curve or curve.curve[-1]["epoch"] < trained:
+                # resumed a finished run, or no validation due on the last epoch: validate the final weights
                 trainer.validate(module, datamodule=datamodule, verbose=False)
                 metrics.update(trainer.callback_metrics)
         except OSError as err:
@@ -215,18 +246,25 @@ def train_and_evaluate(model: nn.Module, datamodule: L.LightningDataModule, reci
     best_score = ckpt_cb.best_model_score if ckpt_cb is not None else None
     last = root / LAST_CKPT
     timer = next((cb for cb in trainer.callbacks if type(cb).__name__ == "Timer"), None)
+    stopped_by_time = bool(timer is not None and max_time is not None and timer.time_remaining() is not None
+                           and timer.time_remaining() <= 0)
+    done = _progress(trainer, last, strategy)
+    best_path = (ckpt_cb.best_model_path or None) if ckpt_cb is not None else None
+    kept = {"best": Path(best_path) if best_path else None, "last": last if last.is_file() else None}
+    if not stopped_by_time and done["epochs"] >= recipe.epochs:
+        kept = retain_checkpoints(root, recipe.checkpoints)
     return {
         "top1": _metric(metrics, "val/top1"),
         "top5": _metric(metrics, "val/top5"),
         "val_loss": _metric(metrics, "val/loss"),
         "best_top1": float(best_score) if best_score is not None else _metric(metrics, "val/top1"),
-        **_progress(trainer, last, strategy),
+        **done,
         "train_time_s": elapsed,
         "train_threads": threads,
-        "best_ckpt": (ckpt_cb.best_model_path or None) if ckpt_cb is not None else None,
-        "last_ckpt": str(last) if last.is_file() else None,
+        "best_ckpt": str(kept["best"]) if kept["best"] is not None else None,
+        "last_ckpt": str(kept["last"]) if kept["last"] is not None else None,
         "resumed_from": ckpt_path,
         "resume_note": resume_note,
-        "stopped_by_time": bool(timer is not None and max_time is not None and timer.time_remaining() is not None
-                                and timer.time_remaining() <= 0),
+        "stopped_by_time": stopped_by_time,
+        "learning_curve": [dict(point) for point in curve.curve],
     }

@@ -176,13 +176,14 @@ def test_trainer_writes_through_the_atomic_io(tmp_path):
 @pytest.mark.slow
 def test_resume_with_truncated_last_uses_best_then_scratch(tmp_path):
     root = tmp_path / "trial"
-    first = train_and_evaluate(tiny_model(), tiny_data(), FAST, root, seed=0, logger=False)
+    # "full": the finished first run keeps both checkpoints with their optimizer state, so it can be extended
+    first = train_and_evaluate(tiny_model(), tiny_data(), dict(FAST, checkpoints="full"), root, seed=0, logger=False)
     last = root / "last.ckpt"
     last.write_bytes(last.read_bytes()[:1000])
     lines: list[str] = []
     recorder = EpochRecorder()
-    second = train_and_evaluate(tiny_model(), tiny_data(), dict(FAST, epochs=2), root, seed=0, resume_from="last",
-                                callbacks=[recorder], logger=False, echo=lines.append)
+    second = train_and_evaluate(tiny_model(), tiny_data(), dict(FAST, epochs=2, checkpoints="full"), root, seed=0,
+                                resume_from="last", callbacks=[recorder], logger=False, echo=lines.append)
     assert first["best_ckpt"] == second["resumed_from"] == str(root / "best.ckpt")
     assert recorder.epochs == [1] and second["epochs"] == 2  # epoch 0 came from best.ckpt
     assert lines == [second["resume_note"]] and "resuming from" in lines[0]
@@ -191,8 +192,8 @@ def test_resume_with_truncated_last_uses_best_then_scratch(tmp_path):
     for name in ("last.ckpt", "best.ckpt"):
         (root / name).write_bytes(b"")
     recorder = EpochRecorder()
-    third = train_and_evaluate(tiny_model(), tiny_data(), dict(FAST, epochs=2), root, seed=0, resume_from="last",
-                               callbacks=[recorder], logger=False, echo=lines.append)
+    third = train_and_evaluate(tiny_model(), tiny_data(), dict(FAST, epochs=2, checkpoints="full"), root, seed=0,
+                               resume_from="last", callbacks=[recorder], logger=False, echo=lines.append)
     assert recorder.epochs == [0, 1] and third["resumed_from"] is None
     assert third["resume_note"].endswith("training from scratch")
 

@@ -175,7 +175,7 @@ def test_training_improves_accuracy_and_writes_checkpoints(tmp_path):
     assert result["top1"] >= 75.0 and result["top5"] == pytest.approx(100.0)  # 4 classes: top-5 = top-4
     assert math.isfinite(result["val_loss"]) and result["epochs"] == 2 and result["global_step"] == 12
     assert result["best_top1"] >= result["top1"] - 1e-6
-    assert result["last_ckpt"].endswith("last.ckpt") and result["best_ckpt"].endswith("best.ckpt")
+    assert result["last_ckpt"] is None and result["best_ckpt"].endswith("best.ckpt")  # finished: best weights only
     assert (tmp_path / "run" / "logs" / "version_0" / "metrics.csv").is_file()
     assert result["train_time_s"] > 0 and result["resumed_from"] is None and result["stopped_by_time"] is False
     assert result["train_threads"] == torch.get_num_threads()  # threads unset: torch's own default is kept
@@ -221,18 +221,19 @@ class EpochRecorder(L.Callback):
 
 def test_resume_from_last_checkpoint_continues_at_saved_epoch(tmp_path):
     root = tmp_path / "trial"
-    first = train_and_evaluate(tiny_model(), tiny_data(), dict(FAST, epochs=1), root, seed=0)
+    full = dict(FAST, checkpoints="full")  # a finished run keeps its optimizer state, so it can be extended
+    first = train_and_evaluate(tiny_model(), tiny_data(), dict(full, epochs=1), root, seed=0)
     saved = torch.load(first["last_ckpt"], map_location="cpu", weights_only=False)
     assert saved["epoch"] == 0 and saved["global_step"] == 6
     recorder = EpochRecorder()
-    second = train_and_evaluate(tiny_model(), tiny_data(), dict(FAST, epochs=3), root, seed=0, resume_from="last",
+    second = train_and_evaluate(tiny_model(), tiny_data(), dict(full, epochs=3), root, seed=0, resume_from="last",
                                 callbacks=[recorder])
     assert recorder.epochs == [1, 2]  # epoch 0 is not trained again
     assert second["epochs"] == 3 and second["global_step"] == 18
     assert second["resumed_from"] == str(root / "last.ckpt")
     assert torch.load(second["last_ckpt"], map_location="cpu", weights_only=False)["epoch"] == 2
     # resuming a finished run trains nothing but still reports validation metrics
-    third = train_and_evaluate(tiny_model(), tiny_data(), dict(FAST, epochs=3), root, seed=0, resume_from="last")
+    third = train_and_evaluate(tiny_model(), tiny_data(), dict(full, epochs=3), root, seed=0, resume_from="last")
     assert third["global_step"] == 18 and third["top1"] == pytest.approx(second["top1"])
     with pytest.raises(HybridlabError, match="does not exist"):
         train_and_evaluate(tiny_model(), tiny_data(), FAST, root, seed=0, resume_from=tmp_path / "nope.ckpt")
@@ -265,7 +266,8 @@ def test_nan_loss_stops_with_clear_error(tmp_path):
 def test_mixup_cutmix_and_ema_paths(tmp_path):
     dm = tiny_data(batch_size=31, drop_last=False)  # odd batches: mixup drops one sample
     model = tiny_model()
-    recipe = dict(FAST, epochs=2, mixup=0.8, cutmix=1.0, label_smoothing=0.1, ema=True, ema_decay=0.9, clip_grad=1.0)
+    recipe = dict(FAST, epochs=2, mixup=0.8, cutmix=1.0, label_smoothing=0.1, ema=True, ema_decay=0.9, clip_grad=1.0,
+                  checkpoints="last")
     result = train_and_evaluate(model, dm, recipe, tmp_path, seed=0)
     assert math.isfinite(result["val_loss"]) and result["top1"] > 40
     ckpt = torch.load(result["last_ckpt"], map_location="cpu", weights_only=False)

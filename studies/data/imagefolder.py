@@ -17,12 +17,15 @@ from typing import Any
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
 from torch.utils.data import Subset
+from torchvision import transforms as T
 from torchvision.datasets import ImageFolder
 
 from hybridlab.errors import ConfigError, HybridlabError
 from studies.data.base import SeededDataModule, check_bool, check_float, check_int, check_path
 from studies.data.imagecache import DecodedImages, native_size, probe_sizes, size_note
 from studies.data.scan import DEFAULT_DECODE_LIMIT, scan_image_folder
+
+AUGMENTS = ("timm", "pad_crop")
 
 
 def _class_dirs(folder: Path) -> list[str]:
@@ -49,8 +52,11 @@ class ImageFolderDataModule(SeededDataModule):
     """An ImageNet-style folder dataset with timm augmentation.
 
     Options: `root` (required), `img_size` (default: the images' median shorter side, at most 224), `batch_size`,
-    `num_workers`, `seed`, `train_subset`, `val_subset`, `crop_pct` (eval resize = img_size / crop_pct, default
-    0.875), `scale` / `ratio` (RandomResizedCrop area fraction and aspect range, default [0.08, 1] and
+    `num_workers`, `seed`, `train_subset`, `val_subset`, `augment` ("timm": timm's RandomResizedCrop pipeline, the
+    default; "pad_crop": CIFAR-style, the image resized and center-cropped to img_size, then a random img_size crop
+    of it padded by `padding` zero pixels (default 4) and the flip; `scale`, `ratio`, `color_jitter` and
+    `auto_augment` belong to "timm" only), `crop_pct` (eval resize = img_size / crop_pct, default 0.875; 1.0
+    with pad_crop), `scale` / `ratio` (RandomResizedCrop area fraction and aspect range, default [0.08, 1] and
     [3/4, 4/3]), `cache` (decode every image once into memory, shrunk to the eval resize; default false),
     `auto_augment` (timm string, e.g.
     "rand-m9-mstd0.5-inc1"), `color_jitter` (0.4), `hflip` (0.5), `re_prob` (random erasing, 0), `interpolation`
@@ -62,12 +68,13 @@ class ImageFolderDataModule(SeededDataModule):
 
     def __init__(self, root: str | Path | None = None, img_size: int | None = None, batch_size: int = 128,
                  num_workers: int = 0, seed: int = 0, train_subset: int | None = None, val_subset: int | None = None,
-                 crop_pct: float = 0.875, auto_augment: str | None = None, color_jitter: float = 0.4,
+                 crop_pct: float | None = None, auto_augment: str | None = None, color_jitter: float = 0.4,
                  hflip: float = 0.5, re_prob: float = 0.0, interpolation: str = "bilinear",
                  mean: Sequence[float] = IMAGENET_DEFAULT_MEAN, std: Sequence[float] = IMAGENET_DEFAULT_STD,
                  drop_last: bool = True, val_batch_size: int | None = None,
                  check_decode: int | None = DEFAULT_DECODE_LIMIT, scale: Sequence[float] = (0.08, 1.0),
-                 ratio: Sequence[float] = (3 / 4, 4 / 3), cache: bool = False) -> None:
+                 ratio: Sequence[float] = (3 / 4, 4 / 3), cache: bool = False, augment: str = "timm",
+                 padding: int = 4) -> None:
         super().__init__(batch_size=batch_size, val_batch_size=val_batch_size, num_workers=num_workers, seed=seed,
                          train_subset=train_subset, val_subset=val_subset, drop_last=drop_last)
         if root is None:
@@ -78,9 +85,17 @@ class ImageFolderDataModule(SeededDataModule):
         self.ratio = _pair(ratio, "ratio")
         self.cache = check_bool(cache, "cache")
         self.check_decode = check_int(check_decode, "check_decode", minimum=0, optional=True)
+        if augment not in AUGMENTS:
+            raise ConfigError(f"must be one of {', '.join(AUGMENTS)}, got {augment!r}", "data.augment")
+        self.augment = augment
+        self.padding = check_int(padding, "padding", minimum=0, maximum=1024)
+        if crop_pct is None:
+            crop_pct = 1.0 if augment == "pad_crop" else 0.875
         self.crop_pct = check_float(crop_pct, "crop_pct", minimum=0.05, maximum=1.0)
         if auto_augment is not None and not isinstance(auto_augment, str):
             raise ConfigError(f"must be a timm auto-augment string or null, got {auto_augment!r}", "data.auto_augment")
+        if auto_augment is not None and augment != "timm":
+            raise ConfigError("auto_augment needs augment: timm (pad_crop is crop and flip only)", "data.auto_augment")
         self.auto_augment = auto_augment
         self.color_jitter = check_float(color_jitter, "color_jitter", minimum=0.0)
         self.hflip = check_float(hflip, "hflip", minimum=0.0, maximum=1.0)
@@ -110,6 +125,13 @@ class ImageFolderDataModule(SeededDataModule):
 
     def transforms(self, training: bool) -> Any:
         """timm's transform pipeline (RandomResizedCrop + flip + jitter [+ auto-augment, erasing] / resize + center crop)."""
+        if training and self.augment == "pad_crop":
+            steps = [T.Resize(self.img_size, interpolation=_interpolation(self.interpolation)),
+                     T.CenterCrop(self.img_size), T.RandomCrop(self.img_size, padding=self.padding),
+                     T.RandomHorizontalFlip(self.hflip), T.ToTensor(), T.Normalize(self.mean, self.std)]
+            if self.re_prob > 0:
+                steps.append(T.RandomErasing(self.re_prob))
+            return T.Compose(steps)
         if training:
             return create_transform(self.img_size, is_training=True, scale=self.scale, ratio=self.ratio,
                                     hflip=self.hflip, color_jitter=self.color_jitter,
@@ -159,11 +181,18 @@ class ImageFolderDataModule(SeededDataModule):
             "name": self.name, "root": str(self.root), "num_classes": self.num_classes, "in_chans": self.in_chans,
             "img_size": self.img_size, "image_sizes": _size_range(self.image_sizes),
             **self.loader_description(), "scale": list(self.scale), "ratio": list(self.ratio), "cache": self.cache,
-            "crop_pct": self.crop_pct, "auto_augment": self.auto_augment,
+            "augment": self.augment, "padding": self.padding, "crop_pct": self.crop_pct,
+            "auto_augment": self.auto_augment,
             "color_jitter": self.color_jitter, "hflip": self.hflip, "re_prob": self.re_prob,
             "interpolation": self.interpolation, "mean": list(self.mean), "std": list(self.std),
             "val_dir": self.val_dir.name,
         }
+
+
+def _interpolation(name: str) -> T.InterpolationMode:
+    """torchvision's mode for a timm interpolation name ("random" resizes bilinearly here)."""
+    return {"bicubic": T.InterpolationMode.BICUBIC, "nearest": T.InterpolationMode.NEAREST}.get(
+        name, T.InterpolationMode.BILINEAR)
 
 
 def _decoded(folder: ImageFolder, keep: Any, max_side: int) -> DecodedImages:
