@@ -43,3 +43,18 @@ register_block(
     options=[Option("qkv_bias", bool, True, help="bias on the qkv projection")],
     help="multi-head self-attention (SDPA) in the standard block, inside windows",
 )
+
+# -- mixers the field compares against (each in its own file) ---------------------------------------
+from blocks.gated_cnn import GatedCNNBlock  # noqa: E402
+
+register_block(
+    "G",
+    GatedCNNBlock,
+    kind="token",
+    options=[
+        Option("kernel_size", int, 7, min=1, max=31, help="depthwise conv2d kernel on the window's map"),
+        Option("expansion_ratio", float, 8 / 3, min=0.25, max=16.0, help="hidden width = expansion_ratio * dim"),
+        Option("conv_ratio", float, 1.0, min=0.01, max=16.0, help="share of dim convolved (the rest is identity)"),
+    ],
+    help="MambaOut gated CNN block (timm GatedConvBlock names): no SSM, depthwise conv2d on the window's map",
+)
