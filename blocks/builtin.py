@@ -58,3 +58,20 @@ register_block(
     ],
     help="MambaOut gated CNN block (timm GatedConvBlock names): no SSM, depthwise conv2d on the window's map",
 )
+
+from blocks.ssd import Mamba2Mixer  # noqa: E402
+
+register_block(
+    "Md",
+    Mamba2Mixer,
+    kind="mixer",
+    options=[
+        Option("d_state", int, 64, min=1, max=512, help="SSM state size N (shared by all heads)"),
+        Option("headdim", int, 64, min=1, max=1024, help="channels per head; expand*dim must be a multiple"),
+        Option("expand", int, 2, min=1, max=8, help="inner width = expand * dim"),
+        Option("chunk", int, 64, min=1, max=4096, help="SSD chunk length (tokens)"),
+        Option("d_conv", int, 4, min=1, max=16, help="causal depthwise conv1d kernel over x, B, C"),
+    ],
+    help="Mamba-2 (SSD) mixer, mamba-ssm Mamba2 names; chunked PyTorch SSD on CPU (mamba-ssm kernel on CUDA "
+    "when installed, else the same chunked PyTorch path: no fused kernel)",
+)
