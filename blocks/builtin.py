@@ -75,3 +75,18 @@ register_block(
     help="Mamba-2 (SSD) mixer, mamba-ssm Mamba2 names; chunked PyTorch SSD on CPU (mamba-ssm kernel on CUDA "
     "when installed, else the same chunked PyTorch path: no fused kernel)",
 )
+
+from blocks.parallel_head import ParallelHybridHead  # noqa: E402
+
+register_block(
+    "H",
+    ParallelHybridHead,
+    kind="mixer",
+    options=[
+        Option("attn_ratio", float, 0.5, min=0.01, max=0.99, help="share of the width given to attention heads"),
+        Option("d_state", int, 8, min=1, max=256, help="SSM state size N of the scan branch"),
+        Option("d_conv", int, 3, min=1, max=16, help="depthwise conv1d kernel of the scan branch"),
+    ],
+    help="parallel hybrid head (Hymba / Falcon-H1): attention and a selective scan on the same input, each "
+    "RMS-normalised and scaled per channel, then one out-projection; the scan runs on blocks.scan",
+)
