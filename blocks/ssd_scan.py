@@ -6,7 +6,7 @@ With a scalar decay per head, the recurrence
     y_t = h_t C_t + D * x_t
 
 equals a masked (semiseparable) matrix acting on the sequence. `ssd_chunked` cuts the sequence into chunks of
-Q tokens and computes (Dao & Gu, 2024, section 6):
+at most `chunk` tokens and computes (Dao & Gu, 2024, section 6):
 
 1. inside each chunk, the quadratic form: y = (L o C B^T) (dt*x), with L[l, s] = exp(sum_{s<r<=l} dt_r A);
 2. each chunk's final state from its own tokens: S_k = (dt*x)^T (w o B), w_s = exp(sum_{s<r<=Q} dt_r A);
@@ -58,20 +58,26 @@ def _compute_dtype(*tensors: Tensor) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
+def chunking(length: int, chunk: int) -> tuple[int, int]:
+    """(chunk length q, number of chunks c): the fewest chunks of at most `chunk` tokens, balanced so the
+    padding is under one token per chunk (196 tokens at chunk 64: 4 chunks of 49, not 4 of 64)."""
+    c = math.ceil(length / max(1, min(chunk, length)))
+    return math.ceil(length / c), c
+
+
 def ssd_chunked(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk: int) -> Tensor:
     """y (batch, L, heads, headdim) of the recurrence without the D skip, chunk by chunk.
 
     x: (batch, L, heads, headdim); dt: (batch, L, heads), already positive; A: (heads,), negative;
-    B, C: (batch, L, d_state), shared by all heads (one group). L need not be a multiple of `chunk`:
-    the tail is zero-padded (dt = 0 there, which neither decays nor feeds the state) and cut off.
+    B, C: (batch, L, d_state), shared by all heads (one group). Chunks come from `chunking`; a ragged
+    tail is zero-padded (dt = 0 there, which neither decays nor feeds the state) and cut off.
     """
     out_dtype = x.dtype
     dtype = _compute_dtype(x, dt, A, B, C)
     x, dt, A, B, C = (t.to(dtype) for t in (x, dt, A, B, C))
     b, length, h, p = x.shape
     n = B.shape[-1]
-    q = max(1, min(chunk, length))
-    c = math.ceil(length / q)
+    q, c = chunking(length, chunk)
     pad = c * q - length
     if pad:
         x = F.pad(x, (0, 0, 0, 0, 0, pad))
@@ -122,14 +128,13 @@ def ssd_sequential(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor) -> Te
 
 
 def ssd_flops(batch: int, length: int, heads: int, headdim: int, state: int, chunk: int) -> int:
-    """FLOPs (2 per multiply-add) of the matmuls in `ssd_chunked`, on the length padded to whole chunks.
+    """FLOPs (2 per multiply-add) of the matmuls in `ssd_chunked`, on its chunks (`chunking`), padding included.
 
     C B^T per chunk (shared by the heads), the masked scores times dt*x, and, with more than one chunk, the
     chunk states and their read-out for every chunk but one. Elementwise work (exp, masks, the D skip and
     the state passing between chunks) is not counted, as FlopCounterMode counts no elementwise op.
     """
-    q = max(1, min(chunk, length))
-    c = math.ceil(length / q)
+    q, c = chunking(length, chunk)
     macs = batch * c * q * q * state + batch * heads * c * q * q * headdim
     macs += 2 * batch * heads * (c - 1) * q * headdim * state
     return 2 * macs
@@ -167,4 +172,4 @@ def _counting() -> bool:
     return flop_counter_active()
 
 
-__all__ = ["ssd", "ssd_chunked", "ssd_flops", "ssd_path", "ssd_sequential"]
+__all__ = ["chunking", "ssd", "ssd_chunked", "ssd_flops", "ssd_path", "ssd_sequential"]

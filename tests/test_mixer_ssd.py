@@ -16,7 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from blocks.registry import BlockContext, build_block, get_block_type
 from blocks.ssd import Mamba2Mixer
-from blocks.ssd_scan import ssd, ssd_chunked, ssd_flops, ssd_path, ssd_sequential
+from blocks.ssd_scan import chunking, ssd, ssd_chunked, ssd_flops, ssd_path, ssd_sequential
 from hybridlab.errors import ConfigError
 
 TOLS = [(torch.float64, 1e-10), (torch.float32, 1e-5)]
@@ -80,6 +80,11 @@ def test_chunked_matches_ssd_minimal_and_sequential(dtype, tol, chunk):
 def test_chunked_handles_ragged_lengths(chunk):
     x, dt, A, B, C = _inputs(2, 13, 2, 3, 4, torch.float64)
     torch.testing.assert_close(ssd_chunked(x, dt, A, B, C, chunk), ssd_sequential(x, dt, A, B, C), rtol=1e-10, atol=1e-10)
+
+
+def test_chunking_is_balanced():
+    assert chunking(196, 64) == (49, 4) and chunking(10, 4) == (4, 3) and chunking(5, 64) == (5, 1)
+    assert chunking(7, 1) == (1, 7)
 
 
 def test_chunked_gradcheck_float64():
