@@ -88,5 +88,6 @@ register_block(
         Option("d_conv", int, 3, min=1, max=16, help="depthwise conv1d kernel of the scan branch"),
     ],
     help="parallel hybrid head (Hymba / Falcon-H1): attention and a selective scan on the same input, each "
-    "RMS-normalised and scaled per channel, then one out-projection; the scan runs on blocks.scan",
+    "RMS-normalised and scaled per channel, then one out-projection; the scan runs on blocks.scan (the compiled "
+    "kernel, or the slower blocked PyTorch scan where it does not build)",
 )

@@ -3,8 +3,9 @@
 One group (ngroups=1) of B and C shared by all heads, a scalar A per head, the gated RMSNorm before the
 out-projection (norm_before_gate=False), a causal depthwise conv1d over x, B and C, no projection biases:
 the `Mamba2` defaults, except d_state 64 and chunk 64 (a chunk near the window's length suits CPUs; the
-sequence is cut into balanced chunks of at most `chunk` tokens inside the scan). The scan is `blocks.ssd_scan.ssd`: mamba-ssm's
-fused kernel on CUDA when installed, else the chunked PyTorch algorithm (counted by FlopCounterMode).
+scan cuts the sequence into balanced chunks of at most `chunk` tokens). The scan is `blocks.ssd_scan.ssd`:
+mamba-ssm's fused kernel on CUDA when installed, else the chunked PyTorch algorithm (counted by
+FlopCounterMode); on CUDA without mamba-ssm that is a slower path, and `ssd_path` says so.
 The conv is causal as in Mamba-2, so within a window a token sees only the tokens before it in raster order.
 """
 

@@ -47,11 +47,12 @@ def _mamba_kernel() -> Optional[Callable]:
 
 
 def ssd_path(device: torch.device | str) -> str:
-    """What `ssd` runs on `device`: "mamba_ssm" (fused CUDA kernel) or "chunked" (PyTorch matmuls)."""
+    """What `ssd` runs on `device`: "mamba_ssm" (the fused CUDA kernel), "chunked" (PyTorch matmuls, the CPU
+    path), or on CUDA without mamba-ssm "chunked (fallback: mamba-ssm not installed)", a slower path."""
     device = torch.device(device)
-    if device.type == "cuda" and _mamba_kernel() is not None:
-        return "mamba_ssm"
-    return "chunked"
+    if device.type != "cuda":
+        return "chunked"
+    return "mamba_ssm" if _mamba_kernel() is not None else "chunked (fallback: mamba-ssm not installed)"
 
 
 def _compute_dtype(*tensors: Tensor) -> torch.dtype:
