@@ -88,3 +88,20 @@ def test_model_count_includes_scan_and_attention():
     assert counts.breakdown["scan"] == 2 * scan_flops(1, 8, 16, 8, with_D=True, with_z=True)
     q = torch.empty(1, 2, 16, 4)
     assert counts.breakdown["attention"] == 2 * sdpa_flops(q, q, q)
+
+
+def test_bench_records_the_scans_a_mixer_makes():
+    from blocks.bench_mixers import describe_path, record, reference_mode, scan_only
+    from blocks.ssd import Mamba2Mixer
+
+    head = ParallelHybridHead(8, num_heads=2)
+    rec = record(head, torch.randn(2, 5, 8))
+    assert len(rec.scan_calls) == 1 and not rec.has_ssd and rec.scans
+    assert describe_path(rec)[0].startswith("scan ")
+    scan_only(rec, reference=True)()  # the replay runs forward and backward
+    ssd_mixer = Mamba2Mixer(8, d_state=4, headdim=4, chunk=2)
+    rec = record(ssd_mixer, torch.randn(2, 5, 8))
+    assert rec.has_ssd and not rec.scan_calls and describe_path(rec)[0] == "ssd chunked"
+    with reference_mode(ssd_mixer):
+        assert ssd_mixer.backend == "sequential"
+    assert ssd_mixer.backend == "auto"
