@@ -80,6 +80,7 @@ register_block(
         Option("dt_rank", int, 0, min=0, max=1024, help="rank of the dt projection; 0 = ceil(dim/16)"),
     ],
     help="VMamba SS2D: 2-D selective scan in 4 directions (one grouped scan) on the window's map",
+)
 
 # -- mixers the field compares against (each in its own file) ---------------------------------------
 from blocks.gated_cnn import GatedCNNBlock  # noqa: E402
