@@ -35,7 +35,7 @@ VALID = {
 }
 
 INVALID = [
-    ("C | C*3 | Q*4", 11, "unknown block 'Q' (known: A, C, M)"),
+    ("C | C*3 | Q*4", 11, "unknown block 'Q' (known: A, C, G, H, M, Md, S, V)"),
     ("", 0, "empty pattern"),
     ("   ", 0, "empty pattern"),
     ("C | | M", 5, "stage 2 is empty"),
@@ -95,7 +95,7 @@ def test_invalid_patterns_name_problem_and_column(text: str, col: int, message: 
 
 
 def test_readme_example_message() -> None:
-    with pytest.raises(PatternError, match=r"^pattern error at col 7: unknown block 'Q' \(known: A, C, M\)$"):
+    with pytest.raises(PatternError, match=r"^pattern error at col 7: unknown block 'Q' \(known: A, C, G, H, M, Md, S, V\)$"):
         parse("C | C Q*3")  # col 7 is the Q
 
 

@@ -81,8 +81,8 @@ def test_study_files_import_user_blocks(my_blocks, tmp_path) -> None:
 def test_missing_user_module_is_one_line(capsys) -> None:
     assert cli_main(["--import", "no_such_module_xyz", "show", "C"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["hybridlab show: --import: cannot import 'no_such_module_xyz': No module named "
-                   "'no_such_module_xyz' (is it on PYTHONPATH?)"]
+    assert len(err) == 1 and err[0].startswith(
+        "hybridlab show: --import: cannot import 'no_such_module_xyz': no such module on sys.path or in ")
 
 
 def test_registration_rules() -> None:
