@@ -230,12 +230,19 @@ def train(value: Any) -> tuple[Any, int | None]:
 
     cfg = v.mapping(value, "train")
     train_threads = threads(cfg.pop("threads", None), "train.threads")
+    fields = {str(k): val for k, val in cfg.items()}
+    if train_threads is not None:
+        fields["threads"] = train_threads  # applied by the training run (torch.set_num_threads, then restored)
     try:
-        return TrainRecipe.from_dict({str(k): val for k, val in cfg.items()}), train_threads
+        recipe = TrainRecipe.from_dict(fields)
     except ConfigError as exc:
         raise v.located(exc, "train") from None
     except (TypeError, ValueError, OverflowError) as exc:
         raise ConfigError(v.short(str(exc)), "train") from None
+    from studies.loggers import check_loggers
+
+    check_loggers(recipe.loggers)  # a missing logger package would fail every trial: say so before planning
+    return recipe, train_threads
 
 
 def measure(value: Any, data_cfg: dict[str, Any] | None) -> dict[str, Any]:

@@ -121,3 +121,18 @@ def test_show_parser_does_not_import_torch() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_show_names_each_block_and_what_its_scan_runs_here() -> None:
+    """A scan mixer's implementation is printed, so a slow fallback (no C compiler) is never silent."""
+    from blocks.scan.backends import describe_backend
+    from blocks.spec import ModelSpec
+    from hybridlab.commands.show import describe, render
+
+    spec = ModelSpec.create("C | C | M Md | A", dim=16, in_dim=8, num_heads=[1, 1, 2, 4], window_size=[4, 4, 4, 2])
+    info = describe(spec, 32)
+    by_symbol = {b["symbol"]: b for b in info["blocks"]}
+    assert sorted(by_symbol) == ["A", "C", "M", "Md"]
+    assert by_symbol["M"]["runs"].startswith(f"selective scan {describe_backend('fast')}")
+    assert by_symbol["Md"]["runs"] == "SSD chunked" and "runs" not in by_symbol["A"]
+    assert "[on cpu: selective scan fast:" in render(info)

@@ -33,7 +33,8 @@ def test_tiny_grid_study_records_everything(tmp_path) -> None:
     assert manifest["objectives"] == [{"name": "top1", "direction": "maximize"},
                                       {"name": "throughput_img_s", "direction": "maximize"}]
     assert yaml.safe_load((folder / "study.yaml").read_text())["name"] == "tiny"
-    assert (folder / "trials" / "0" / "last.ckpt").is_file()
+    # a finished trial keeps its best weights only (train.checkpoints: best, weights-only after the trial)
+    assert (folder / "trials" / "0" / "best.ckpt").is_file() and not (folder / "trials" / "0" / "last.ckpt").exists()
     trial_lines = [line for line in lines if line.startswith("[trial")]
     assert len(trial_lines) == 3 and "top1" in trial_lines[0] and "img/s" in trial_lines[0]
     attrs = study.trials[0].user_attrs
@@ -194,7 +195,8 @@ def test_cli_reports_yaml_errors_without_traceback(tmp_path, capsys) -> None:
 
 
 def test_builtin_study_files_are_valid() -> None:
-    for name in ("quickstart", "mambavision_table5_patterns", "mambavision_table4_mixer", "pattern_search"):
+    for name in ("quickstart", "mambavision_table5_patterns", "mambavision_table4_mixer", "pattern_search",
+                 "mixer_zoo"):
         config = load_study_config(name)
         assert config.name == name
     table5 = load_study_config("mambavision_table5_patterns")

@@ -47,6 +47,7 @@ def describe(spec: ModelSpec, img_size: int, batch_size: int = 1) -> dict[str, A
     from blocks.preflight import available_bytes, estimate
 
     footprint = estimate(spec, img_size, batch_size)  # counts each distinct block once: no model is built
+    block_notes = blocks_used(spec)
     sides = spec.feature_map_sides(img_size)
     stages = []
     for i, stage in enumerate(spec.parsed.stages):
@@ -85,8 +86,37 @@ def describe(spec: ModelSpec, img_size: int, batch_size: int = 1) -> dict[str, A
         "img_size": img_size,
         "memory": memory,
         "stages": stages,
+        "blocks": block_notes,
         "model": spec.to_dict(),
     }
+
+
+# Blocks whose mixing runs on the selective scan, and those that run Mamba-2's SSD: `show` names the
+# implementation this machine would use, so a slow fallback is never silent.
+_SCAN_BLOCKS = ("M", "V", "S", "H")
+_SSD_BLOCKS = ("Md",)
+
+
+def blocks_used(spec: ModelSpec, device: str = "cpu") -> list[dict[str, str]]:
+    """One entry per block symbol in the pattern: its help text and, for scan mixers, what runs here."""
+    from blocks.registry import get_block_type
+
+    symbols = sorted({b.block_type.symbol for stage in spec.parsed.stages for b in stage})
+    out = []
+    for symbol in symbols:
+        entry = {"symbol": symbol, "help": get_block_type(symbol).help}
+        if symbol in _SCAN_BLOCKS:
+            from blocks.scan import resolve_backend
+            from blocks.scan.backends import describe_backend
+
+            runs = describe_backend(resolve_backend("auto", device))
+            entry["runs"] = f"selective scan {runs}" + (" (slow fallback: no C compiler)" if runs == "fast:blocked" else "")
+        elif symbol in _SSD_BLOCKS:
+            from blocks.ssd_scan import ssd_path
+
+            entry["runs"] = f"SSD {ssd_path(device)}"
+        out.append(entry)
+    return out
 
 
 def render(info: dict[str, Any]) -> str:
@@ -115,6 +145,12 @@ def render(info: dict[str, Any]) -> str:
     lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths)))
     for row in rows:
         lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+    if info.get("blocks"):
+        lines.append("")
+        width = max(len(b["symbol"]) for b in info["blocks"])
+        for b in info["blocks"]:
+            runs = f" [on cpu: {b['runs']}]" if b.get("runs") else ""
+            lines.append(f"{b['symbol'].ljust(width)}  {b['help']}{runs}")
     return "\n".join(lines)
 
 
