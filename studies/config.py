@@ -8,6 +8,8 @@ Top-level settings besides the sections:
 
     n_trials:     trials to plan for a non-grid sampler (1 .. 100,000)
     max_retries:  how often a FAILED trial is tried again when the study is rerun (default 2, 0 = never)
+    progress_every_s: a progress line this often within long epochs, besides one per epoch (default 60; null:
+                  epoch lines only)
     seeds:        a list of seeds, e.g. [0, 1, 2], or a budget:
                     seeds: auto                        # the defaults below
                     seeds: {auto: {initial: 2, max: 6, budget: 40, confidence: 0.95}}
@@ -52,6 +54,7 @@ from studies.studyfile import (
 TOP_KEYS = (
     "name", "description", "data", "model", "search_space", "train", "measure", "objectives", "sampler",
     "n_trials", "seeds", "constraints", "storage", "ablation", "devices", "baselines", "imports", "max_retries",
+    "progress_every_s",
 )
 
 MAX_LINE = 500
@@ -82,6 +85,7 @@ class StudyConfig:
     max_retries: int = 2
     auto_seeds: AutoSeeds | None = None  # `seeds: auto`: `seeds` is then the first round
     train_threads: int | None = None  # `train.threads`; the measurement's are `measure["threads"]`
+    progress_every_s: float | None = 60.0  # a progress line within long epochs this often (None: epoch lines only)
 
     @property
     def directions(self) -> list[str]:
@@ -166,6 +170,7 @@ def _validate(data: dict[str, Any], source: str, check_data: bool) -> StudyConfi
     ablation = attempt(lambda: sections.ablation(data.get("ablation"), space))
     devices = attempt(lambda: sections.devices(data.get("devices", 1)), 1)
     max_retries = attempt(lambda: sections.max_retries(data.get("max_retries", 2)), 2)
+    progress_every_s = attempt(lambda: sections.progress_every_s(data.get("progress_every_s", 60.0)), 60.0)
     entries = attempt(lambda: sections.v.mapping(data.get("baselines"), "baselines"), {}) if base else {}
     baselines = [b for b in (attempt(lambda k=k, e=e: parse_baseline(k, e, base)) for k, e in entries.items()) if b]
     if space is not None and sampler.get("name") != "grid" and n_trials is None:
@@ -184,6 +189,7 @@ def _validate(data: dict[str, Any], source: str, check_data: bool) -> StudyConfi
         measure=measure, objectives=objectives, sampler=sampler, n_trials=n_trials, seeds=seeds,
         constraints=constraints, storage=storage, ablation=ablation, devices=devices, baselines=baselines, raw=data,
         source=source, max_retries=max_retries, auto_seeds=auto_seeds, train_threads=train_threads,
+        progress_every_s=progress_every_s,
     )
 
 

@@ -105,6 +105,13 @@ def devices(value: Any) -> int:
     return v.integer(value, "devices", 1, 1_024)
 
 
+def progress_every_s(value: Any) -> float | None:
+    """Seconds between progress lines within an epoch (None: one line per epoch only)."""
+    if value is None:
+        return None
+    return v.number(value, "progress_every_s", 1.0, 86_400.0)
+
+
 def max_retries(value: Any) -> int:
     """How often a failed trial is tried again on a rerun (0 = never)."""
     return v.integer(value, "max_retries", 0, MAX_RETRIES)

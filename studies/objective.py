@@ -115,6 +115,7 @@ class TrialObjective:
             reason = "infeasible: " + "; ".join(violations)
             trial.set_user_attr("fail_reason", reason)
             raise optuna.TrialPruned(reason)
+        self.echo(self._start_line(trial, arch, seed, fidelity))
         metrics = self._train(trial, arch, seed)
         for key, value in metrics.items():
             trial.set_user_attr(key, value)
@@ -204,6 +205,11 @@ class TrialObjective:
         datamodule = self.datamodule()
         self._check_fits(arch, datamodule)
         model = arch.build()
+        from studies.progress import ProgressLines
+
+        left, mean_s = self._study_pace(trial)
+        progress = ProgressLines(f"trial {trial.number}", echo=self.echo, every_s=self.config.progress_every_s,
+                                 trials_left=left, mean_trial_s=mean_s)
         try:
             with device_lock(self.train_device(), False, self.config.name, self.echo) as lock:
                 note_wait(trial, lock, "train")
@@ -216,6 +222,8 @@ class TrialObjective:
                     resume_from=resume,
                     progress_bar=self.progress and sys.stderr.isatty(),
                     echo=self.echo,
+                    callbacks=[progress] if self.progress else [],
+                    report=lambda epoch, point: self._report(trial, epoch, point),
                     **self._trainer_devices(),
                 )
         except NonFiniteLossError as exc:
@@ -225,7 +233,42 @@ class TrialObjective:
             trial.set_user_attr("fail_reason", f"out of memory: {exc}")
             raise TrialFailure(f"out of memory: {exc}") from None
         metrics = {k: v for k, v in result.items() if isinstance(v, (int, float, str)) or v is None}
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in metrics.items()}
+        metrics = {k: (str(v) if isinstance(v, Path) else v) for k, v in metrics.items()}
+        if result.get("learning_curve"):
+            metrics["learning_curve"] = [dict(point) for point in result["learning_curve"]]
+        return metrics
+
+    def _report(self, trial: optuna.Trial, epoch: int, point: dict[str, Any]) -> None:
+        """Each validated epoch: the current epoch for `hybridlab status`, and Optuna's intermediate value.
+
+        Optuna keeps intermediate values for single-objective studies only; multi-objective studies get the
+        whole curve as the `learning_curve` attribute when the trial ends (so do single-objective ones).
+        """
+        trial.set_user_attr("current_epoch", int(epoch))
+        top1 = point.get("top1")
+        if len(self.config.objectives) == 1 and top1 is not None:
+            trial.report(float(top1), step=int(epoch))
+
+    def _study_pace(self, trial: optuna.Trial) -> tuple[int | None, float | None]:
+        """Trials still queued after this one, and the mean training time of the finished ones (for the ETA)."""
+        try:
+            trials = trial.study.get_trials(deepcopy=False)
+        except Exception:  # noqa: BLE001  (an ETA is a nicety: never fail a trial over it)
+            return None, None
+        left = sum(1 for t in trials if t.state == TrialState.WAITING)
+        times = [float(t.user_attrs["train_time_s"]) for t in trials
+                 if t.state == TrialState.COMPLETE and isinstance(t.user_attrs.get("train_time_s"), (int, float))
+                 and "reused_from" not in t.user_attrs]
+        return left, (sum(times) / len(times) if times else None)
+
+    def _start_line(self, trial: optuna.Trial, arch: Candidate | Baseline, seed: int, fidelity: str) -> str:
+        from studies.progress import trial_start_line
+
+        try:
+            total = len(trial.study.get_trials(deepcopy=False))
+        except Exception:  # noqa: BLE001
+            total = None
+        return f"[trial {trial.number}] " + trial_start_line(trial.number + 1, total, arch.pattern, seed, fidelity)
 
     def train_device(self) -> str:
         return self.device or str(self.config.measure.get("device", "auto"))

@@ -35,12 +35,18 @@ def test_tiny_grid_study_records_everything(tmp_path) -> None:
     assert yaml.safe_load((folder / "study.yaml").read_text())["name"] == "tiny"
     # a finished trial keeps its best weights only (train.checkpoints: best, weights-only after the trial)
     assert (folder / "trials" / "0" / "best.ckpt").is_file() and not (folder / "trials" / "0" / "last.ckpt").exists()
-    trial_lines = [line for line in lines if line.startswith("[trial")]
-    assert len(trial_lines) == 3 and "top1" in trial_lines[0] and "img/s" in trial_lines[0]
+    trial_lines = [line for line in lines if line.startswith("[trial") and "| top1" in line]  # one per finished trial
+    assert len(trial_lines) == 3 and "img/s" in trial_lines[0]
+    starts = [line for line in lines if " · pattern " in line]  # one when each trial starts: "trial k of N"
+    assert len(starts) == 3 and "trial 1 of 3 · pattern 'C | M A' · seed 0" in starts[0]
+    epochs = [line for line in lines if " epoch 1/1 " in line]  # the progress line of each trial's epoch
+    assert len(epochs) == 3 and "loss " in epochs[0] and "img/s" in epochs[0]
     attrs = study.trials[0].user_attrs
     for key in ("pattern", "arch_hash", "seed", "top1", "top5", "val_loss", "params", "macs", "flops",
-                "throughput_img_s", "latency_ms", "train_time_s", "measure_env"):
+                "throughput_img_s", "latency_ms", "train_time_s", "measure_env", "learning_curve", "current_epoch"):
         assert key in attrs, key
+    assert [p["epoch"] for p in attrs["learning_curve"]] == [1] and attrs["current_epoch"] == 1
+    assert attrs["learning_curve"][0]["top1"] == pytest.approx(attrs["top1"])
 
 
 @pytest.mark.slow
