@@ -190,9 +190,13 @@ class HybridNet(nn.Module):
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
-        """Official from-scratch init: every Linear (dt_proj too) trunc_normal(.02), bias 0; norms 1/0."""
+        """Official from-scratch init: every Linear (dt_proj too) trunc_normal(.02), bias 0; norms 1/0.
+
+        A Linear marked `_keep_init` (the dt projections of blocks from other designs, Vim's and the parallel
+        head's, whose reference inits set dt's bias by inverse softplus) keeps its own initialisation.
+        """
         weight = getattr(m, "weight", None)
-        if weight is None or weight.is_meta:
+        if weight is None or weight.is_meta or getattr(m, "_keep_init", False):
             return
         if isinstance(m, nn.Linear):
             trunc_normal_(m.weight, std=0.02)

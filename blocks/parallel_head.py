@@ -68,6 +68,7 @@ class ParallelHybridHead(nn.Module):
         self.conv1d = nn.Conv1d(d, d, d_conv, groups=d, padding=d_conv // 2, bias=True)
         self.x_proj = nn.Linear(d, self.dt_rank + 2 * d_state, bias=False)
         self.dt_proj = nn.Linear(self.dt_rank, d, bias=True)
+        self.dt_proj._keep_init = True  # HybridNet's official init keeps Mamba's dt init for this branch
         nn.init.uniform_(self.dt_proj.weight, -self.dt_rank**-0.5, self.dt_rank**-0.5)
         dt = torch.exp(torch.rand(d) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=dt_init_floor)
         with torch.no_grad():

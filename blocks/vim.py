@@ -100,6 +100,7 @@ class BiMambaMixer(nn.Module):
             ).clamp(min=floor)
             bias.copy_(dt + torch.log(-torch.expm1(-dt)))
         proj.bias._no_reinit = True
+        proj._keep_init = True  # HybridNet's official init keeps Vim's dt init (MambaVision's own M resets it)
         return proj
 
     def _a_log(self) -> nn.Parameter:

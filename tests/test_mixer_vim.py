@@ -181,3 +181,17 @@ def test_vim_registered_and_trains_a_step():
     loss.backward()
     grads = {n: p.grad for n, p in model.named_parameters() if "mixer" in n}
     assert grads and all(g is not None and torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads.values())
+
+
+def test_official_model_init_keeps_vim_and_parallel_head_dt_biases() -> None:
+    """MambaVision's from-scratch init zeroes every Linear bias (its own M's dt bias too); V and H keep theirs."""
+    import torch
+
+    from blocks.spec import ModelSpec
+
+    torch.manual_seed(0)
+    model = ModelSpec.create("C | V H M", dim=16, in_dim=8, num_heads=[1, 2], window_size=[4, 4]).build()
+    block_v, block_h, block_m = model.levels[1].blocks
+    for proj in (block_v.mixer.dt_proj, block_v.mixer.dt_proj_b, block_h.mixer.dt_proj):
+        assert proj.bias.abs().min() > 0  # inverse-softplus of dt in [1e-3, 0.1]: never 0
+    assert torch.count_nonzero(block_m.mixer.dt_proj.bias) == 0  # the official quirk, kept for M
