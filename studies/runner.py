@@ -203,6 +203,7 @@ class StudyRunner:
             failures = work(
                 study, self.objective, on_trial=self._after_trial, error_log=self._error_log,
                 echo=self.options.echo, max_consecutive_failures=self.options.max_consecutive_failures,
+                on_idle=lambda: planning.plan_more_seeds(study, self.config, self.options.echo),
             )
         except (HybridlabError, *INTERRUPTS):
             self._write_table()
