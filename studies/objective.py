@@ -49,7 +49,7 @@ def plain(obj: Any) -> Any:
 
 def profile_dict(config: StudyConfig, device: str | None) -> dict[str, Any]:
     """The study's measurement profile, with this process's device when one was given."""
-    profile = dict(config.measure)
+    profile = {k: v for k, v in config.measure.items() if k != "phase"}  # when the phase runs is no profile setting
     if device:
         profile["device"] = device
     return profile

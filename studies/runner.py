@@ -231,10 +231,10 @@ class StudyRunner:
     def _write_table(self) -> None:
         if self.study is None:
             return
-        from studies.table import write_trials
+        from studies.measure_phase import write_table
 
-        try:
-            write_trials(self.study, self.folder)
+        try:  # with the last side-by-side measurement's figures, when the study has one
+            write_table(self.study, self.folder)
         except Exception as exc:  # the storage keeps everything; the table is a convenience copy
             self.options.echo(f"warning: could not write {self.folder / 'trials.csv'}: {exc}")
 
