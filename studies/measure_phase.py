@@ -9,15 +9,14 @@ It can be re-run at any time without retraining; each run replaces the last.
 
 Where the figures live: Optuna refuses to change a finished trial (its user attributes and values
 alike), so the phase keeps its figures in the study's user attribute `side_by_side` ({arch_hash:
-fields}, the reference, the time, the rounds), and `overlaid(study)` shows every trial of a measured
-architecture with those fields as its user attributes (the per-trial figure moves to
-`throughput_trial_img_s`). `trials.csv` is written from that view. The trials' objective values keep
+fields}, the reference, the time, the rounds), and `studies.side_by_side_view.overlaid(study)` shows
+every trial of a measured architecture with those fields as its user attributes (the per-trial figure
+moves to `throughput_trial_img_s`). `trials.csv` is written from that view. The trials' objective values keep
 the per-trial throughput.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 import warnings
@@ -33,8 +32,8 @@ from hybridlab.atomic import atomic_write
 from hybridlab.errors import HybridlabError
 from hybridlab.urls import mask_password
 from studies.config import StudyConfig
+from studies.side_by_side_view import SIDE_BY_SIDE, overlaid
 
-SIDE_BY_SIDE = "side_by_side"  # the study user attribute holding the last phase's figures
 JSON_NAME = "side_by_side.json"
 FIELDS = (
     "throughput_img_s", "throughput_lo", "throughput_hi", "throughput_interval", "throughput_rel",
@@ -57,46 +56,6 @@ def phase(config: StudyConfig) -> str:
     """The study's `measure.phase` ("trial" unless it asks for "after")."""
     value = config.measure.get("phase", "trial")
     return value if value in PHASES else "trial"
-
-
-# -- the view of a study with the side-by-side figures on its trials ---------------------------------------------------
-
-class Overlaid:
-    """A study whose trials carry the side-by-side figures of their architecture as user attributes."""
-
-    def __init__(self, study: Any, by_arch: dict[str, dict[str, Any]]) -> None:
-        self._study = study
-        self._by_arch = by_arch
-
-    def get_trials(self, deepcopy: bool = True, states: Any = None) -> list[FrozenTrial]:
-        return [self._overlay(t) for t in self._study.get_trials(deepcopy=False, states=states)]
-
-    @property
-    def trials(self) -> list[FrozenTrial]:
-        return self.get_trials()
-
-    def _overlay(self, trial: FrozenTrial) -> FrozenTrial:
-        fields = self._by_arch.get(str(trial.user_attrs.get("arch_hash")))
-        if not fields or trial.state != TrialState.COMPLETE:
-            return trial
-        out = copy.copy(trial)
-        attrs = dict(trial.user_attrs)
-        if "throughput_img_s" in attrs:
-            attrs["throughput_trial_img_s"] = attrs["throughput_img_s"]
-        attrs.update(fields)
-        out.user_attrs = attrs
-        return out
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._study, name)
-
-
-def overlaid(study: Any) -> Any:
-    """The study as `trials_frame` should see it: with its last side-by-side figures, when it has any."""
-    record = study.user_attrs.get(SIDE_BY_SIDE)
-    if not isinstance(record, dict) or not record.get("by_arch"):
-        return study
-    return Overlaid(study, record["by_arch"])
 
 
 def write_table(study: Any, folder: Path) -> Path:
@@ -245,4 +204,4 @@ def _num(value: Any) -> str:
     return f"{value:,.0f}" if isinstance(value, (int, float)) else "?"
 
 
-__all__ = ["FIELDS", "MeasureOptions", "Overlaid", "measure_study", "overlaid", "phase", "write_table"]
+__all__ = ["FIELDS", "SIDE_BY_SIDE", "MeasureOptions", "measure_study", "phase", "write_table"]

@@ -170,3 +170,16 @@ def test_a_seed_queued_twice_by_two_workers_is_trained_once(tmp_path, fake_trial
     duplicates = [t for t in study.trials if "duplicate_of" in t.user_attrs]
     assert len(duplicates) == 2 and all(t.state.name == "PRUNED" for t in duplicates)
     assert _seeds(study) == {"attn_last_half": [0, 1, 2], "attn_first_half": [0, 1, 2], "mixer_only": [0, 1]}
+
+
+@pytest.mark.slow
+def test_a_sampled_study_adds_seeds_to_its_sampled_architectures(tmp_path, fake_trials) -> None:
+    raw = tiny_raw(seeds={"auto": {"initial": 2, "max": 3}}, ablation={"default_label": "attn_last_half"},
+                   sampler={"name": "random", "seed": 3}, n_trials=3)
+    study, _ = _run(load_study_config("tiny.yaml", raw=raw), tmp_path)
+    added = [t for t in study.trials if "seed_reason" in t.user_attrs]
+    assert added and all(t.user_attrs["seed"] == 2 for t in added)
+    for t in added:  # the same architecture as the slot's first seed
+        first = study.trials[t.user_attrs["seed_of"]]
+        assert t.params == first.params and t.user_attrs["arch_hash"] == first.user_attrs["arch_hash"]
+    assert "max seeds (3)" in study.user_attrs[planning.AUTO_STATUS] or "resolved" in study.user_attrs[planning.AUTO_STATUS]
