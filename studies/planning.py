@@ -22,7 +22,7 @@ from collections.abc import Callable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hybridlab.errors import ConfigError
+from hybridlab.errors import ConfigError, HybridlabError
 from search_space.space import Candidate
 from studies.config import StudyConfig
 from studies.processes import alive
@@ -130,6 +130,25 @@ def seed_choices(config: StudyConfig) -> list[int]:
     if config.auto_seeds is not None:
         return list(range(config.auto_seeds.max))
     return list(config.seeds)
+
+
+def check_seed_choices(study: optuna.Study, config: StudyConfig) -> None:
+    """Refuse with one line a rerun whose seed choices differ from the study's (`seeds: auto` with another
+    `max`): Optuna would fail every later trial on the changed `seed` distribution."""
+    wanted = seed_choices(config)
+    for trial in study.get_trials(deepcopy=False):
+        dist = trial.distributions.get("seed")
+        if dist is not None and list(getattr(dist, "choices", wanted)) != wanted:
+            raise HybridlabError(
+                f"study {study.study_name!r} was run with seeds {_seed_list(list(dist.choices))}, the study file "
+                f"now allows {_seed_list(wanted)}: rerun it with its own seed settings, or give the new ones a new study name "
+                "(--set name=...)")
+        if dist is not None:
+            return
+
+
+def _seed_list(seeds: list) -> str:
+    return str(seeds) if len(seeds) <= 8 else f"[{seeds[0]}, ..., {seeds[-1]}] ({len(seeds)} seeds)"
 
 
 AUTO_ROW = "auto_row"  # the row (grid cell, baseline or sampled slot) an added seed belongs to

@@ -158,6 +158,7 @@ class StudyRunner:
             study.set_user_attr(SETTINGS_ATTR, settings_record(self.config))
         else:
             check_settings(study, self.config, self.shown_url)
+            planning.check_seed_choices(study, self.config)
             planning.await_plan(study, self.options.echo)
         max_retries = self.options.max_retries
         if max_retries is None:

@@ -11,6 +11,7 @@ import pytest
 from conftest import tiny_raw
 from scipy import stats
 
+from hybridlab.errors import HybridlabError
 from hybridlab.metrics import Objective
 from studies import planning
 from studies.auto_seeds import front, next_seeds, t_interval, unresolved
@@ -183,3 +184,29 @@ def test_a_sampled_study_adds_seeds_to_its_sampled_architectures(tmp_path, fake_
         first = study.trials[t.user_attrs["seed_of"]]
         assert t.params == first.params and t.user_attrs["arch_hash"] == first.user_attrs["arch_hash"]
     assert "max seeds (3)" in study.user_attrs[planning.AUTO_STATUS] or "resolved" in study.user_attrs[planning.AUTO_STATUS]
+
+
+@pytest.mark.slow
+def test_a_rerun_with_another_seed_maximum_is_refused_in_one_line(tmp_path, fake_trials) -> None:
+    _run(_config(max=3), tmp_path)
+    with pytest.raises(HybridlabError) as info:
+        _run(_config(max=5), tmp_path)
+    assert "\n" not in str(info.value) and "was run with seeds [0, 1, 2]" in str(info.value)
+
+
+def test_the_cifar10_study_file_loads_on_a_tiny_image_folder(tmp_path) -> None:
+    from PIL import Image
+
+    from studies.config import builtin_studies
+
+    for split in ("train", "test"):
+        for i in range(10):
+            folder = tmp_path / split / f"class{i}"
+            folder.mkdir(parents=True)
+            Image.new("RGB", (32, 32), (i * 20, 0, 0)).save(folder / "0.png")
+    config = load_study_config(str(builtin_studies()["cifar10_table5"]), overrides=[f"data.root={tmp_path}"])
+    patterns = [c.pattern for c in config.space.candidates()]
+    assert len(set(patterns)) == 6  # the random placement is none of the other five
+    assert [b.label for b in config.baselines] == ["conv_only"]
+    assert config.auto_seeds is not None and config.seeds == [0, 1]
+    assert config.ablation["default_label"] == "attn_last_half"
