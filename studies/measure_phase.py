@@ -152,7 +152,7 @@ def measure_study(config: StudyConfig, options: MeasureOptions) -> dict[str, Any
         profile = {k: v for k, v in profile_dict(config, options.device).items() if k != "phase"}
         if options.threads is not None:
             profile["threads"] = options.threads
-        echo(f"study {config.name}: measuring {len(models)} architectures side by side, {options.rounds} rounds, "
+        echo(f"study {config.name}: measuring {len(models)} architecture{'' if len(models) == 1 else 's'} side by side, {options.rounds} rounds, "
              f"reference {reference}")
         result = _measure(models, profile, options.rounds, reference, config.name, echo, device_lock)
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
