@@ -18,7 +18,8 @@ from hybridlab.urls import scrub, url_secrets
 from hybridlab.userimports import import_modules
 
 # Each module defines `add_parser(subparsers)`, which registers its sub-command and sets `func`.
-COMMANDS = ("show", "bench", "run", "worker", "report", "compare", "rebuild_storage", "status", "list_studies")
+COMMANDS = ("show", "bench", "run", "worker", "measure", "status", "list_studies", "report", "compare",
+            "rebuild_storage")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,6 +24,7 @@ from studies.baselines import Baseline
 from studies.config import StudyConfig
 from studies.devlock import DeviceLock
 from studies.loop import TrialFailure
+from studies.planning import planned_twin, seed_choices
 
 # The measured figures a trial keeps as user attributes (and so as trials.csv columns).
 KEPT_FIGURES = (
@@ -48,7 +49,7 @@ def plain(obj: Any) -> Any:
 
 def profile_dict(config: StudyConfig, device: str | None) -> dict[str, Any]:
     """The study's measurement profile, with this process's device when one was given."""
-    profile = dict(config.measure)
+    profile = {k: v for k, v in config.measure.items() if k != "phase"}  # when the phase runs is no profile setting
     if device:
         profile["device"] = device
     return profile
@@ -89,6 +90,10 @@ class TrialObjective:
         self._datamodule = None
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...] | float:
+        twin = planned_twin(trial.study, trial)
+        if twin is not None:  # two workers queued this added seed at once: train it once
+            trial.set_user_attr("duplicate_of", twin)
+            raise optuna.TrialPruned(f"duplicate of trial {twin} (the same added seed, queued twice)")
         arch, seed = self._pick(trial)
         fidelity = self.fidelity()
         attrs = {
@@ -131,11 +136,11 @@ class TrialObjective:
         """The architecture and seed of a trial: a baseline, a grid cell, or the sampler's suggestion."""
         if "baseline" in trial.user_attrs:
             label = trial.suggest_categorical("baseline", [b.label for b in self.config.baselines])
-            seed = int(trial.suggest_categorical("seed", list(self.config.seeds)))
+            seed = int(trial.suggest_categorical("seed", seed_choices(self.config)))
             return next(b for b in self.config.baselines if b.label == label), seed
         if self.keys is not None:
             key = trial.suggest_categorical("candidate", list(self.keys))
-            seed = int(trial.suggest_categorical("seed", list(self.config.seeds)))
+            seed = int(trial.suggest_categorical("seed", seed_choices(self.config)))
             return self.keys[key], seed
         cand = self.config.space.suggest(trial)
         return cand, int(trial.user_attrs.get("seed", self.config.seeds[0]))

@@ -22,7 +22,7 @@ from collections.abc import Callable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hybridlab.errors import ConfigError
+from hybridlab.errors import ConfigError, HybridlabError
 from search_space.space import Candidate
 from studies.config import StudyConfig
 from studies.processes import alive
@@ -123,3 +123,141 @@ def enqueue_other_seeds(study: optuna.Study, config: StudyConfig, is_grid: bool,
         return
     for seed in config.seeds[1:]:
         study.enqueue_trial(trial.params, user_attrs={"seed": seed, "seed_of": trial.number})
+
+
+def seed_choices(config: StudyConfig) -> list[int]:
+    """Every seed a trial of the study may get (Optuna needs one fixed list per study for `seed`)."""
+    if config.auto_seeds is not None:
+        return list(range(config.auto_seeds.max))
+    return list(config.seeds)
+
+
+def check_seed_choices(study: optuna.Study, config: StudyConfig) -> None:
+    """Refuse with one line a rerun whose seed choices differ from the study's (`seeds: auto` with another
+    `max`): Optuna would fail every later trial on the changed `seed` distribution."""
+    wanted = seed_choices(config)
+    for trial in study.get_trials(deepcopy=False):
+        dist = trial.distributions.get("seed")
+        if dist is not None and list(getattr(dist, "choices", wanted)) != wanted:
+            raise HybridlabError(
+                f"study {study.study_name!r} was run with seeds {_seed_list(list(dist.choices))}, the study file "
+                f"now allows {_seed_list(wanted)}: rerun it with its own seed settings, or give the new ones a new study name "
+                "(--set name=...)")
+        if dist is not None:
+            return
+
+
+def _seed_list(seeds: list) -> str:
+    return str(seeds) if len(seeds) <= 8 else f"[{seeds[0]}, ..., {seeds[-1]}] ({len(seeds)} seeds)"
+
+
+AUTO_ROW = "auto_row"  # the row (grid cell, baseline or sampled slot) an added seed belongs to
+AUTO_STATUS = "auto_seeds_status"
+
+
+def row_key(trial: FrozenTrial, by_number: dict[int, FrozenTrial]) -> str | None:
+    """The study row a trial belongs to: its grid cell, its baseline, or its sampled slot."""
+    if AUTO_ROW in trial.user_attrs:
+        return str(trial.user_attrs[AUTO_ROW])
+    params = fixed_params(trial)
+    if "baseline" in params:
+        return f"{params['baseline']} (baseline)"
+    if "candidate" in params:
+        return str(params["candidate"])
+    first = by_number.get(trial.user_attrs.get("seed_of", -1), trial)
+    slot = first.user_attrs.get("slot")
+    return None if slot is None else f"slot {slot}"
+
+
+def fixed_params(trial: FrozenTrial) -> dict:
+    """The trial's parameters, or the ones it was queued with when it failed before choosing them."""
+    return dict(trial.params) or dict(trial.system_attrs.get("fixed_params", {}))
+
+
+def plan_more_seeds(study: optuna.Study, config: StudyConfig, echo: Callable[[str], None] = print) -> int:
+    """`seeds: auto`: once every planned trial has finished, queue one more seed for the rows still
+    unresolved (studies.auto_seeds); returns how many trials it queued.
+
+    Called by a worker that found nothing left to run, so a killed and resumed study decides here too.
+    Two workers idle at once may both queue a round: the objective prunes the later copy of a
+    (row, seed) as a duplicate, and the budget counts (row, seed) pairs, not trials.
+    """
+    auto = config.auto_seeds
+    if auto is None:
+        return 0
+    from studies.auto_seeds import next_seeds
+
+    trials = study.get_trials(deepcopy=False)
+    if any(t.state in (TrialState.WAITING, TrialState.RUNNING) for t in trials):
+        return 0  # the round is not finished
+    by_number = {t.number: t for t in trials}
+    metric = next((o.name for o in config.objectives if not _per_architecture(o.name)), "top1")
+    rest = [o.name for o in config.objectives if o.name != metric]
+    planned: dict[str, set[int]] = {}
+    values: dict[str, dict[int, float]] = {}
+    others: dict[str, dict[str, list[float]]] = {}
+    firsts: dict[str, FrozenTrial] = {}
+    default = None
+    for t in trials:
+        key = row_key(t, by_number)
+        if key is None or "duplicate_of" in t.user_attrs or "seed" not in t.user_attrs:
+            continue
+        planned.setdefault(key, set()).add(int(t.user_attrs["seed"]))
+        firsts.setdefault(key, t)
+        if config.ablation and t.user_attrs.get("label") == config.ablation.get("default_label") \
+                and not t.user_attrs.get("is_baseline"):
+            default = default or key
+        value = t.user_attrs.get(metric)
+        if t.state == TrialState.COMPLETE and isinstance(value, (int, float)):
+            values.setdefault(key, {})[int(t.user_attrs["seed"])] = float(value)
+            for name in rest:
+                if isinstance(t.user_attrs.get(name), (int, float)):
+                    others.setdefault(key, {}).setdefault(name, []).append(float(t.user_attrs[name]))
+    means = {k: {n: sum(v) / len(v) for n, v in o.items()} for k, o in others.items()}
+    decision = next_seeds(
+        {k: sorted(s) for k, s in planned.items()}, {k: list(v.values()) for k, v in values.items()}, default,
+        config.objectives, max_seeds=auto.max, budget=auto.budget, confidence=auto.confidence, others=means,
+        metric=metric,
+    )
+    round_no = max((len(s) for s in planned.values()), default=0)
+    for key, (seed, reason) in decision.added.items():
+        first = firsts[key]
+        params = fixed_params(first)
+        attrs = {"seed": seed, "seed_reason": reason, AUTO_ROW: key}
+        if "baseline" in params:
+            params = {"baseline": params["baseline"], "seed": seed}
+            attrs["baseline"] = params["baseline"]
+        elif "candidate" in params:
+            params = {"candidate": params["candidate"], "seed": seed}
+            attrs["slot"] = first.user_attrs.get("slot")
+        else:
+            attrs["seed_of"] = first.user_attrs.get("seed_of", first.number)
+        study.enqueue_trial(params, user_attrs=attrs)
+        echo(f"seeds: auto: seed {seed} for {key}: {reason}")
+    status = decision.stopped or f"round {round_no}: {len(decision.added)} seeds added"
+    if study.user_attrs.get(AUTO_STATUS) != status:
+        study.set_user_attr(AUTO_STATUS, status)
+        if decision.stopped:
+            echo(f"seeds: auto: no more seeds ({decision.stopped})")
+    return len(decision.added)
+
+
+def _per_architecture(name: str) -> bool:
+    from hybridlab.metrics import METRICS
+
+    metric = METRICS.get(name)
+    return bool(metric and metric.per_architecture)
+
+
+def planned_twin(study: optuna.Study, trial: FrozenTrial | optuna.Trial) -> int | None:
+    """An added seed queued twice (two workers deciding the same round at once): the lower-numbered
+    copy that is not failed, which this trial duplicates; None when this trial is the one to run."""
+    attrs = trial.user_attrs
+    if AUTO_ROW not in attrs:
+        return None
+    for other in study.get_trials(deepcopy=False):
+        if (other.number < trial.number and other.user_attrs.get(AUTO_ROW) == attrs[AUTO_ROW]
+                and other.user_attrs.get("seed") == attrs.get("seed") and other.state != TrialState.FAIL
+                and "duplicate_of" not in other.user_attrs):
+            return other.number
+    return None

@@ -158,6 +158,7 @@ class StudyRunner:
             study.set_user_attr(SETTINGS_ATTR, settings_record(self.config))
         else:
             check_settings(study, self.config, self.shown_url)
+            planning.check_seed_choices(study, self.config)
             planning.await_plan(study, self.options.echo)
         max_retries = self.options.max_retries
         if max_retries is None:
@@ -203,6 +204,7 @@ class StudyRunner:
             failures = work(
                 study, self.objective, on_trial=self._after_trial, error_log=self._error_log,
                 echo=self.options.echo, max_consecutive_failures=self.options.max_consecutive_failures,
+                on_idle=lambda: planning.plan_more_seeds(study, self.config, self.options.echo),
             )
         except (HybridlabError, *INTERRUPTS):
             self._write_table()
@@ -230,10 +232,10 @@ class StudyRunner:
     def _write_table(self) -> None:
         if self.study is None:
             return
-        from studies.table import write_trials
+        from studies.measure_phase import write_table
 
-        try:
-            write_trials(self.study, self.folder)
+        try:  # with the last side-by-side measurement's figures, when the study has one
+            write_table(self.study, self.folder)
         except Exception as exc:  # the storage keeps everything; the table is a convenience copy
             self.options.echo(f"warning: could not write {self.folder / 'trials.csv'}: {exc}")
 

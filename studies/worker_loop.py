@@ -47,8 +47,12 @@ def work(
     echo: Callable[[str], None] = print,
     max_consecutive_failures: int = 5,
     poll_s: float = 2.0,
+    on_idle: Callable[[], int] | None = None,
 ) -> FailureGuard:
     """Run planned trials until none is left (or the failure guard trips); returns the guard.
+
+    `on_idle()` runs when nothing is left to run or running; it may queue more trials (`seeds: auto`
+    adds seeds once a round has finished) and returns how many, and the loop goes on while it does.
 
     On an interrupt (KeyboardInterrupt, SystemExit, StopRequested) the running trial is failed as `interrupted` and queued again, so the
     next run resumes it from its checkpoint; the exception propagates.
@@ -64,6 +68,8 @@ def work(
         trial = claim_next(study)
         if trial is None:
             if wait_for_others(study, poll_s=poll_s, tick=recover):
+                continue
+            if on_idle is not None and on_idle():
                 continue
             break
         try:
@@ -101,7 +107,6 @@ def recover_dead_local_trials(study: optuna.Study, echo: Callable[[str], None] =
         recovered.append(trial.number)
         echo(f"[trial {trial.number}] its worker {worker} is gone: marked failed and queued for a retry")
     return recovered
-
 
 
 def count(study: optuna.Study, states: Sequence[TrialState]) -> int:

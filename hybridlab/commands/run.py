@@ -75,6 +75,12 @@ def main(args: argparse.Namespace, report: bool | None = None) -> int:
             print(f"hybridlab {args.command}: stopped by {stop.name}; finished trials are kept and the running one "
                   "resumes from its last checkpoint: run the same command again", file=sys.stderr)
             return stop.exit_code
+    from studies import measure_phase
+
+    # `measure: {phase: after}`: side by side, before the report; a `worker` leaves it to `hybridlab measure`
+    if measure_phase.phase(config) == "after" and getattr(args, "command", "run") == "run":
+        measure_phase.measure_study(config, measure_phase.MeasureOptions(
+            results_dir=args.results_dir, storage=storage_from(args), device=args.device))
     if (not getattr(args, "no_report", False)) if report is None else report:
         from reports import build_report
 
