@@ -257,6 +257,7 @@ def measure(value: Any, data_cfg: dict[str, Any] | None) -> dict[str, Any]:
     from hybridlab.measure import MeasureProfile
 
     cfg = v.mapping(value, "measure")
+    phase = v.choice(cfg.pop("phase", "trial"), ("trial", "after"), "measure.phase", "phase")
     if "threads" in cfg:
         cfg["threads"] = threads(cfg["threads"], "measure.threads")
     if data_cfg is not None:
@@ -268,6 +269,8 @@ def measure(value: Any, data_cfg: dict[str, Any] | None) -> dict[str, Any]:
         raise v.located(exc, "measure") from None
     except (TypeError, ValueError, OverflowError) as exc:
         raise ConfigError(v.short(str(exc)), "measure") from None
+    if phase != "trial":
+        cfg["phase"] = phase  # `after`: `hybridlab run` ends with the side-by-side phase (studies.measure_phase)
     return cfg
 
 

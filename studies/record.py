@@ -21,13 +21,22 @@ from studies.objective import plain
 SETTINGS_ATTR = "settings"
 
 
+# How a run is watched and stored, not what it computes: changing these on a rerun is allowed.
+_NOT_RESULT_DECIDING = {"train": ("loggers", "checkpoints", "threads"), "measure": ("phase", "threads")}
+
+
 def settings_record(config: StudyConfig) -> dict[str, Any]:
     """The result-deciding settings of a study file, as plain JSON data."""
     raw = config.raw
+    train = plain(config.recipe)
+    if isinstance(train, dict):
+        for key in _NOT_RESULT_DECIDING["train"]:
+            train.pop(key, None)
     record = {
         "data": {k: v for k, v in config.data.items() if not k.startswith("_")},
-        "train": plain(config.recipe),
-        "measure": dict(config.measure),
+        "train": train,
+        "measure": {k: v for k, v in config.measure.items() if k not in _NOT_RESULT_DECIDING["measure"]},
+        "auto_seeds": config.auto_seeds.to_dict() if config.auto_seeds is not None else None,
         "model": raw.get("model"),
         "search_space": raw.get("search_space"),
         "objectives": [{"name": o.name, "direction": o.direction} for o in config.objectives],

@@ -47,7 +47,13 @@ PARQUET_NAME = "trials.parquet"
 
 
 def trials_frame(study: Any) -> pd.DataFrame:
-    """One row per trial of an Optuna study, sorted by trial number (works while trials still run)."""
+    """One row per trial of an Optuna study, sorted by trial number (works while trials still run).
+
+    Trials of an architecture measured side by side (`hybridlab measure`) show those figures.
+    """
+    from studies.side_by_side_view import overlaid
+
+    study = overlaid(study)
     trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
     metric_names = _metric_names(study)
     rows: list[dict[str, Any]] = []
