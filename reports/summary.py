@@ -62,7 +62,11 @@ def _front(arch: pd.DataFrame) -> str:
     if tied:
         text += (f" {tied} of the {len(dominated)} dominated architectures overlap a front point's interval on every "
                  "objective: they are marked tied, and the data cannot tell them from the front.")
-    elif len(dominated):
+    unknown = int(arch["resolved"].isna().sum()) if "resolved" in arch.columns and arch["rank"].notna().any() else 0
+    if unknown:
+        text += (f" {unknown} ranked architecture{'s lack' if unknown > 1 else ' lacks'} an interval on a seed-dependent "
+                 "objective (one seed), so the data cannot support their places: the front is a ranking of means.")
+    elif not tied and len(dominated):
         text += " Every dominated architecture is separated from each front point by at least one interval."
     return text
 

@@ -115,8 +115,10 @@ def fmt_interval(name: str, mean: Any, lo: Any, hi: Any) -> str:
 
 def fmt_resolved(row: pd.Series) -> str:
     """Whether the intervals support the row's place: on the front, or dominated."""
-    if _missing(row.get("rank")) or "resolved" not in row.index or row["resolved"] is pd.NA:
+    if _missing(row.get("rank")) or "resolved" not in row.index:
         return DASH
+    if row["resolved"] is pd.NA:
+        return "unknown (1 seed)" if int(row.get("n", 0) or 0) < 2 else DASH
     if bool(row["resolved"]):
         return "yes"
     if row["rank"] == 1:

@@ -104,7 +104,12 @@ def mark_ties(arch: pd.DataFrame, objectives: Sequence[Objective]) -> pd.DataFra
     arch["tied"] = tied
     arch["tied_with"] = tied_with
     ranked = arch["rank"].notna() & (len(objectives) >= 2) if n else pd.Series([], dtype=bool)  # one objective: no front
-    arch["resolved"] = pd.array([bool(tw == 0) if r else pd.NA for r, tw in zip(ranked, tied_with)], dtype="boolean")
+    # A seed-dependent objective without an interval (one seed) cannot support any place: neither on the front nor
+    # below it, so such rows are not called resolved (unknown) whatever the other objectives show.
+    unknown = [any(seed_dependent(o.name) and not np.isfinite(bounds(arch.iloc[i], o.name)).all() for o in objectives)
+               for i in range(n)]
+    arch["resolved"] = pd.array([bool(tw == 0) if r and not u else pd.NA
+                                 for r, tw, u in zip(ranked, tied_with, unknown)], dtype="boolean")
     return arch
 
 

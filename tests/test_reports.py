@@ -145,9 +145,9 @@ def test_architecture_table_units_and_order():
     lo, hi = sps.t.interval(0.95, 1, loc=np.mean([1234.5, 1300.0]), scale=sps.sem([1234.5, 1300.0]))
     assert first[6] == f"1267 [{lo:.0f}, {hi:.0f}]"  # two separate measurements: an interval over them
     assert second[0] == "2" and second[3] == "0.0523" and second[8] == "60.00"  # one seed: no interval
-    # C | A*2 has one seed (no top-1 interval), but its one throughput measurement (100) lies outside the
-    # front point's throughput interval: separated
-    assert first[10] == "yes" and second[10] == "yes"
+    # C | A*2 lies outside the front point's throughput interval, but with one seed its top-1 has no interval:
+    # its place below the front is a ranking of means, not resolved
+    assert first[10] == "yes" and second[10] == "unknown (1 seed)"
     md = table.to_markdown()
     assert "| 1 | C \\| M*2 | f |" in md  # pipes in patterns are escaped for Markdown
     assert fmt_metric("top1", float("nan")) == "–"
