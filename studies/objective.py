@@ -227,8 +227,10 @@ class TrialObjective:
                     resume_from=resume,
                     progress_bar=self.progress and sys.stderr.isatty(),
                     echo=self.echo,
-                    callbacks=[progress] if self.progress else [],
-                    report=lambda epoch, point: self._report(trial, epoch, point),
+                    # ddp_spawn pickles callbacks into its processes; the trial and its storage cannot travel, so
+                    # multi-device trials get their curve at the end (learning_curve) but no live epoch reports
+                    callbacks=[progress] if self.progress and self.config.devices == 1 else [],
+                    report=(lambda epoch, point: self._report(trial, epoch, point)) if self.config.devices == 1 else None,
                     **self._trainer_devices(),
                 )
         except NonFiniteLossError as exc:

@@ -73,6 +73,10 @@ def elsewhere(tmp_path, monkeypatch):
     yield tmp_path
     for name in [m for m in sys.modules if m.startswith("cfgtest_blocks")]:
         del sys.modules[name]
+    from blocks import unregister_block
+
+    for symbol in ("Qa", "Qb"):  # the blocks those modules registered: later tests see the built-in set only
+        unregister_block(symbol)
 
 
 # --- imports -----------------------------------------------------------------------------------------

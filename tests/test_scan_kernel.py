@@ -151,3 +151,15 @@ def test_kernel_build_is_cached_and_a_failed_build_says_why(tmp_path, monkeypatc
 # ---------------------------------------------------------------- gradients
 
 
+
+
+@pytest.mark.subprocess
+def test_loading_the_kernel_keeps_subnormals_for_the_rest_of_the_process() -> None:
+    """Linked with -ffast-math, a library flushes subnormals to zero in the whole process when loaded."""
+    import subprocess
+    import sys
+
+    script = ("import numpy as np, torch\nimport blocks.scan.compiled as c\nassert c.available(), c.status()\n"
+              "print(float(np.array([1e-310])[0] * 1.0), float(torch.tensor([1e-310], dtype=torch.float64)[0] * 1.0))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=True)
+    assert out.stdout.split() == ["1e-310", "1e-310"], out.stdout + out.stderr

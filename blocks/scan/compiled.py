@@ -15,6 +15,7 @@ with one line, while `fast` sends them to `blocked`.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -35,7 +36,11 @@ from hybridlab.errors import ConfigError
 
 SOURCE = Path(__file__).with_name("kernel.c")
 SOURCES = (SOURCE, SOURCE.with_name("scan_kernel.inc"))
-FLAGS = ["-O3", "-ffast-math", "-march=native", "-shared", "-fPIC"]
+FLAGS = ["-O3", "-ffast-math", "-march=native", "-fPIC"]  # compiling only
+# Linking runs without -ffast-math: with it, gcc links crtfastmath.o into the library, whose constructor sets
+# flush-to-zero / denormals-are-zero for the whole process on load (every later torch and numpy op would then
+# lose subnormals). The kernel itself never produces subnormals (its exp returns 0 below -87).
+LINK_FLAGS = ["-shared", "-fPIC"]
 # -fopenmp first: the kernel then runs its items on the process's OpenMP runtime, which is torch's own
 # libgomp (the loader reuses the already loaded libgomp.so.1), so its threads are the ones torch's ops
 # just used and are still spinning on; separate threads would fight them for the cores. Where OpenMP
@@ -82,7 +87,8 @@ def _build() -> tuple[Optional[ctypes.CDLL], str]:
         return None, "no C compiler found (set $CC)"
     try:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
-        parts = [*[p.read_text() for p in SOURCES], cc, version, *FLAGS, repr(THREADING), _cpu_signature()]
+        parts = [*[p.read_text() for p in SOURCES], cc, version, *FLAGS, *LINK_FLAGS, repr(THREADING),
+                 _cpu_signature()]
         key = hashlib.sha256("\0".join(parts).encode())
         lib = cache_dir() / f"scan-{key.hexdigest()[:16]}.so"
         if not lib.exists():
@@ -91,8 +97,14 @@ def _build() -> tuple[Optional[ctypes.CDLL], str]:
             for threading_flags in THREADING:
                 fd, tmp = tempfile.mkstemp(suffix=".so", dir=lib.parent)
                 os.close(fd)
-                cmd = [cc, *FLAGS, *threading_flags, "-o", tmp, str(SOURCE), "-lm"]
-                done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+                obj = tmp[:-3] + ".o"
+                compile_cmd = [cc, *FLAGS, *threading_flags, "-c", "-o", obj, str(SOURCE)]
+                link_cmd = [cc, *LINK_FLAGS, *threading_flags, "-o", tmp, obj, "-lm"]
+                done = subprocess.run(compile_cmd, capture_output=True, text=True, timeout=300, check=False)
+                if done.returncode == 0:
+                    done = subprocess.run(link_cmd, capture_output=True, text=True, timeout=300, check=False)
+                with contextlib.suppress(OSError):
+                    os.unlink(obj)
                 if done.returncode == 0:
                     os.replace(tmp, lib)  # atomic: concurrent workers never load a half-written file
                     break
