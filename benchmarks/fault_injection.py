@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import os
 import random
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -32,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from fault_checks import csv_rows, db_states, finished, leftovers, planned, query  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "hunter2fault"
@@ -167,39 +166,6 @@ class Lab:
                 problems.append(f"trial {number} changed in trials.csv: {row}")
         self.areas[FAULTS].lost += len(problems)
         return problems
-
-
-def query(folder: Path, sql: str) -> list[tuple]:
-    """Read Optuna's sqlite tables directly (read-only), so checking never goes through the code under test."""
-    try:
-        with sqlite3.connect(f"file:{folder / 'study.db'}?mode=ro", uri=True, timeout=5) as db:
-            return db.execute(sql).fetchall()
-    except sqlite3.Error:
-        return []
-
-
-def db_states(folder: Path) -> dict[int, str]:
-    return dict(query(folder, "select number, state from trials"))
-
-
-def planned(folder: Path) -> bool:
-    return bool(query(folder, "select 1 from study_user_attributes where key = 'planned_architectures'"))
-
-
-def csv_rows(folder: Path) -> dict[int, tuple[str, str]]:
-    try:
-        with open(folder / "trials.csv", newline="") as handle:
-            return {int(r["number"]): (r["state"], r["top1"]) for r in csv.DictReader(handle)}
-    except (OSError, KeyError, ValueError):
-        return {}
-
-
-def finished(folder: Path) -> dict[int, tuple[str, str]]:
-    return {n: row for n, row in csv_rows(folder).items() if row[0] == "COMPLETE"}
-
-
-def leftovers(folder: Path) -> list[str]:
-    return [str(p.relative_to(folder)) for p in folder.rglob("*.tmp")]
 
 
 def verdict(problems: list[str]) -> str:

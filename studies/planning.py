@@ -54,10 +54,9 @@ def target_architectures(config: StudyConfig, n_trials: int | None, keys: dict[s
         target, where = config.n_trials, "n_trials"
     else:
         target, where = len(keys or {}), "search_space"
-    target = min(target, len(keys)) if keys is not None else target
-    if target > MAX_ARCHITECTURES:
+    if target > MAX_ARCHITECTURES:  # checked before a grid caps it: the limit is the same for every study
         raise ConfigError(f"{target:,} architectures is above the maximum of {MAX_ARCHITECTURES:,} per study", where)
-    return target
+    return min(target, len(keys)) if keys is not None else target
 
 
 def plan(study: optuna.Study, config: StudyConfig, keys: dict[str, Candidate] | None, target: int) -> None:

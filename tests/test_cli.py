@@ -126,3 +126,25 @@ def test_a_signal_stops_the_run_with_non_zero_status_and_the_trial_resumes(tmp_p
     assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
     assert trials[0].user_attrs["fail_reason"] == f"interrupted ({signal.Signals(signum).name})"
     assert trials[1].user_attrs["resumed_from"].endswith("trials/0/last.ckpt")
+
+
+def test_n_trials_that_is_not_a_whole_number_is_one_line(capsys) -> None:
+    from hybridlab.cli import main as cli_main
+
+    assert cli_main(["run", "--n-trials", "1e20", "--check"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["hybridlab run: --n-trials: expected a whole number of architectures, got '1e20'"]
+
+
+def test_the_architecture_cap_holds_for_a_grid_too() -> None:
+    """A grid caps the target at its size, but asking for more than the documented maximum is still refused."""
+    from types import SimpleNamespace
+
+    from hybridlab.errors import ConfigError
+    from studies.planning import MAX_ARCHITECTURES, target_architectures
+
+    keys = {"a": object(), "b": object()}
+    assert target_architectures(SimpleNamespace(n_trials=None), 5, keys) == 2
+    with pytest.raises(ConfigError, match=r"^--n-trials: 100,000 architectures is above the maximum of 10,000"):
+        target_architectures(SimpleNamespace(n_trials=None), 100_000, keys)
+    assert MAX_ARCHITECTURES == 10_000

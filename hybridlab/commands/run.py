@@ -23,7 +23,7 @@ def add_study_args(parser: argparse.ArgumentParser) -> None:
              "where `ps` does not show it",
     )
     parser.add_argument("--results-dir", default="results", type=Path, help="where studies write (default ./results)")
-    parser.add_argument("--n-trials", type=int, help="number of architectures to train, each once per seed, across all workers "
+    parser.add_argument("--n-trials", help="number of architectures to train, each once per seed, across all workers "
                              "(at most 10,000)")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -51,10 +51,7 @@ def main(args: argparse.Namespace, report: bool | None = None) -> int:
     from studies.loop import StopRequested, stop_on_signals
     from studies.runner import RunOptions, run_study, study_folder
 
-    if args.n_trials is not None and args.n_trials < 1:
-        from hybridlab.errors import ConfigError
-
-        raise ConfigError(f"must be at least 1, got {args.n_trials}", "--n-trials")
+    args.n_trials = n_trials_from(args.n_trials)
     config = load_study_config(args.study, overrides=args.overrides)
     if getattr(args, "check", False):
         from studies import preflight
@@ -89,3 +86,21 @@ def main(args: argparse.Namespace, report: bool | None = None) -> int:
     # the last line: what this run did; failed trials make the exit status non-zero (a rerun retries them)
     print(f"study {config.name}: this run {done.summary()}")
     return 1 if done.failed else 0
+
+
+def n_trials_from(text: str | int | None) -> int | None:
+    """`--n-trials` as a whole number of at least 1, or one line saying what is wrong (not argparse's usage block)."""
+    if text is None or isinstance(text, int):
+        value = text
+    else:
+        value = int(text) if str(text).strip().isdigit() and len(str(text).strip()) <= 9 else None
+        if value is None:
+            from hybridlab.errors import ConfigError
+
+            raise ConfigError(f"expected a whole number of architectures, got {str(text)[:40]!r}", "--n-trials")
+    if value is not None and value < 1:
+        from hybridlab.errors import ConfigError
+
+        raise ConfigError(f"must be at least 1, got {value}", "--n-trials")
+    return value
+
