@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from blocks.scan import selective_scan
+from blocks.ssm_init import dt_bias as init_dt_bias
 from hybridlab.errors import ConfigError
 
 try:  # optional CUDA kernel; plain F.conv1d is used without it (and always on CPU)
@@ -120,11 +121,8 @@ class MambaVisionMixer(nn.Module):
         else:
             raise ConfigError(f"dt_init={dt_init!r} is not one of constant, random", "M")
         bias = self.dt_proj.bias
-        dt = torch.exp(
-            torch.rand(bias.shape, device=bias.device) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
-        ).clamp(min=floor)
         with torch.no_grad():
-            bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+            bias.copy_(init_dt_bias(bias.shape, dt_min, dt_max, floor, device=bias.device))
         bias._no_reinit = True
 
     def _conv_x(self, x: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from blocks.scan import selective_scan
+from blocks.ssm_init import dt_bias as init_dt_bias
 from hybridlab.errors import ConfigError
 
 
@@ -70,9 +71,8 @@ class ParallelHybridHead(nn.Module):
         self.dt_proj = nn.Linear(self.dt_rank, d, bias=True)
         self.dt_proj._keep_init = True  # HybridNet's official init keeps Mamba's dt init for this branch
         nn.init.uniform_(self.dt_proj.weight, -self.dt_rank**-0.5, self.dt_rank**-0.5)
-        dt = torch.exp(torch.rand(d) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=dt_init_floor)
         with torch.no_grad():
-            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+            self.dt_proj.bias.copy_(init_dt_bias(d, dt_min, dt_max, dt_init_floor))
         self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32).repeat(d, 1)))
         self.A_log._no_weight_decay = True
         self.D = nn.Parameter(torch.ones(d))

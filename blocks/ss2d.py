@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from blocks.scan import selective_scan
+from blocks.ssm_init import dt_bias as init_dt_bias
 from hybridlab.errors import ConfigError
 
 K = 4  # scan directions
@@ -139,8 +140,7 @@ def _dt_init(
         weight = torch.full((K, d_inner, rank), std)
     else:
         weight = torch.empty(K, d_inner, rank).uniform_(-std, std)
-    dt = torch.exp(torch.rand(K, d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=floor)
-    bias = dt + torch.log(-torch.expm1(-dt))  # inverse softplus
+    bias = init_dt_bias((K, d_inner), dt_min, dt_max, floor)
     return nn.Parameter(weight), nn.Parameter(bias)
 
 

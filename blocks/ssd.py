@@ -11,13 +11,12 @@ The conv is causal as in Mamba-2, so within a window a token sees only the token
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from blocks.ssd_scan import ssd
+from blocks.ssm_init import dt_bias as init_dt_bias
 from hybridlab.errors import ConfigError
 
 
@@ -74,9 +73,7 @@ class Mamba2Mixer(nn.Module):
         conv_dim = self.d_inner + 2 * d_state
         self.conv1d = nn.Conv1d(conv_dim, conv_dim, d_conv, groups=conv_dim, padding=d_conv - 1, bias=True)
         self.act = nn.SiLU()
-        dt = torch.exp(torch.rand(self.nheads) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-        dt = dt.clamp(min=dt_init_floor)
-        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        self.dt_bias = nn.Parameter(init_dt_bias(self.nheads, dt_min, dt_max, dt_init_floor))
         self.dt_bias._no_weight_decay = True
         A = torch.empty(self.nheads).uniform_(*A_init_range)
         self.A_log = nn.Parameter(torch.log(A))

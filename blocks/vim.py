@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from blocks.scan import selective_scan
+from blocks.ssm_init import dt_bias as init_dt_bias
 from hybridlab.errors import ConfigError
 
 COMBINE = ("average", "sum")
@@ -94,11 +95,7 @@ class BiMambaMixer(nn.Module):
                 proj.weight.fill_(std)
             else:
                 proj.weight.uniform_(-std, std)
-            bias = proj.bias
-            dt = torch.exp(
-                torch.rand(bias.shape, device=bias.device) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
-            ).clamp(min=floor)
-            bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+            proj.bias.copy_(init_dt_bias(proj.bias.shape, dt_min, dt_max, floor, device=proj.bias.device))
         proj.bias._no_reinit = True
         proj._keep_init = True  # HybridNet's official init keeps Vim's dt init (MambaVision's own M resets it)
         return proj
