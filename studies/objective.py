@@ -19,6 +19,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from hybridlab.fidelity import FULL, FULL_RANK
 from search_space.space import Candidate
 from studies.baselines import Baseline
 from studies.config import StudyConfig
@@ -103,6 +104,8 @@ class TrialObjective:
             "label": arch.label,
             "seed": seed,
             "fidelity": fidelity,
+            "fidelity_label": FULL,
+            "fidelity_rank": FULL_RANK,
             "worker": f"{socket.gethostname()}:{os.getpid()}",
             "is_baseline": arch.is_baseline,
             "model": arch.settings(),

@@ -26,17 +26,17 @@ from hybridlab.metrics import METRICS
 IDENTITY_COLUMNS: tuple[str, ...] = ("number", "state", "pattern", "arch_hash", "family", "label", "seed")
 METRIC_COLUMNS: tuple[str, ...] = tuple(METRICS)
 # Throughput spread and side-by-side ratio (`throughput_interval` says "iqr" or "ci95"), the contention flag,
-# the thread count the figures were taken with, and the trial's fidelity.
+# the thread count the figures were taken with, and the trial's fidelity (hybridlab.fidelity: hash, label, rank).
 NOISE_COLUMNS: tuple[str, ...] = (
     "throughput_lo", "throughput_hi", "throughput_interval", "throughput_rel", "throughput_rel_lo",
-    "throughput_rel_hi", "noisy", "noisy_reason", "threads", "fidelity",
+    "throughput_rel_hi", "noisy", "noisy_reason", "threads", "fidelity", "fidelity_label", "fidelity_rank",
 )
 RECORD_COLUMNS: tuple[str, ...] = ("reused_from", "is_baseline", "fail_reason", "datetime_start", "datetime_complete")
 COLUMNS: tuple[str, ...] = IDENTITY_COLUMNS + METRIC_COLUMNS + NOISE_COLUMNS + RECORD_COLUMNS
 TEXT_COLUMNS: tuple[str, ...] = ("state", "pattern", "arch_hash", "family", "label", "throughput_interval",
-                                 "noisy_reason", "fidelity", "fail_reason", "datetime_start", "datetime_complete")
+                                 "noisy_reason", "fidelity", "fidelity_label", "fail_reason", "datetime_start", "datetime_complete")
 INT_COLUMNS: tuple[str, ...] = ("number", "seed", *(m.name for m in METRICS.values() if m.dtype == "int"),
-                                "threads", "reused_from")
+                                "threads", "reused_from", "fidelity_rank")
 FLOAT_COLUMNS: tuple[str, ...] = (*(m.name for m in METRICS.values() if m.dtype == "float"), "throughput_lo",
                                   "throughput_hi", "throughput_rel", "throughput_rel_lo", "throughput_rel_hi")
 BOOL_COLUMNS: tuple[str, ...] = ("is_baseline", "noisy")
