@@ -174,6 +174,8 @@ class MeasureRecord:
     selective-scan term. Throughputs are medians over `repeats` timed windows; latency is the median
     over single synchronised batch-1 calls. `peak_mem_mb` is the inference run's; see `peak_mem_method`.
     `noisy` says a timed window stayed contended (other processes took the CPU); see `noisy_reason`.
+    `env` names the scan backend and the SSD path that ran (`scan_backend`, `ssd_path`) and lists any slow
+    fallback among them (`slow_paths`, also `record.slow_paths`).
     """
 
     model: str
@@ -218,6 +220,11 @@ class MeasureRecord:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def slow_paths(self) -> list[str]:
+        """The slow paths (scan or SSD fallbacks) the model took when measured, from its env; [] when none."""
+        return list(self.env.get("slow_paths") or [])
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> MeasureRecord:
