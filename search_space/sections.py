@@ -15,8 +15,8 @@ from typing import Any
 
 from blocks.grammar import BlockSpec, parse
 from blocks.spec import ModelSpec
+from hybridlab import validate as v
 from hybridlab.errors import ConfigError, HybridlabError
-from search_space import validate as v
 from search_space.families import FAMILIES, get_family
 
 SECTIONS = ("layout", "free", "variants", "options", "model")
