@@ -8,7 +8,9 @@ the SSM branch, whose outputs are concatenated with the attention heads before t
 
 The SSM branch is Mamba's selective scan with its gate (in-projection to x and z, depthwise conv1d + SiLU,
 x_proj to dt/B/C, y * silu(z)) on `blocks.scan.selective_scan`, so it runs on the fast CPU scan and is
-counted by the FLOP counter; its conv uses MambaVision's non-causal 'same' padding.
+counted by the FLOP counter; its conv uses MambaVision's non-causal 'same' padding. Its dt projection is
+applied as a matmul on `dt_proj.weight` (the bias goes into the scan), so `extra_macs` reports those MACs
+to the hook-based MAC counter.
 """
 
 from __future__ import annotations
@@ -114,6 +116,10 @@ class ParallelHybridHead(nn.Module):
         attn = self.beta_attn * self.norm_attn(self._attention(x))
         ssm = self.beta_ssm * self.norm_ssm(self._ssm(x))
         return self.out_proj(torch.cat([attn, ssm], dim=-1))
+
+    def extra_macs(self, input_shape: tuple[int, ...]) -> int:
+        """MACs of the dt projection on a (B, L, dim) input: a matmul on `dt_proj.weight`, not a Linear call."""
+        return math.prod(input_shape[:-1]) * self.dt_rank * self.d_ssm
 
     def extra_repr(self) -> str:
         return f"d_attn={self.d_attn}, heads={self.num_heads}, d_ssm={self.d_ssm}, d_state={self.d_state}"

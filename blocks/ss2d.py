@@ -9,6 +9,8 @@ B/C grouped per direction ((batch, K, N, L)); cross-merge (each sequence put bac
 summed); out_norm (LayerNorm); gate y * silu(z); out_proj. This is SS2D's v0/v2 forward, so VMamba's SS2D
 weights load as they are. Defaults are SS2D's: d_state 16, ssm_ratio 2.0, d_conv 3, dt_rank ceil(dim/16).
 Under FlopCounterMode the scan counts ``scan_flops(batch, 4 * d_inner, L, d_state)``: four directions.
+The stacked x/dt projections are matmuls on parameters, not nn.Linear calls, so `extra_macs` reports their
+MACs to the hook-based MAC counter (`hybridlab.measure.flops`).
 """
 
 from __future__ import annotations
@@ -108,6 +110,12 @@ class SS2D(nn.Module):
         y = cross_merge(ys.view(b, K, d, side, side))  # (B, d, L)
         y = self.out_norm(y.transpose(1, 2))  # (B, L, d)
         return self.out_proj(y * F.silu(z))
+
+    def extra_macs(self, input_shape: tuple[int, ...]) -> int:
+        """MACs of the K directions' x and dt projections on a (B, L, dim) input, which no Linear hook sees."""
+        tokens = math.prod(input_shape[:-1])
+        d, r, n = self.d_inner, self.dt_rank, self.d_state
+        return tokens * K * (d * (r + 2 * n) + r * d)
 
     def extra_repr(self) -> str:
         return (

@@ -5,7 +5,8 @@ out-projection (norm_before_gate=False), a causal depthwise conv1d over x, B and
 the `Mamba2` defaults, except d_state 64 and chunk 64 (a chunk near the window's length suits CPUs; the
 scan cuts the sequence into balanced chunks of at most `chunk` tokens). The scan is `blocks.ssd_scan.ssd`:
 mamba-ssm's fused kernel on CUDA when installed, else the chunked PyTorch algorithm (counted by
-FlopCounterMode); on CUDA without mamba-ssm that is a slower path, and `ssd_path` says so.
+FlopCounterMode); on CUDA without mamba-ssm that is a slower path, and `ssd_path` says so (`show` and the
+measurement record's env carry it).
 The conv is causal as in Mamba-2, so within a window a token sees only the tokens before it in raster order.
 """
 
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blocks.ssd_scan import ssd
+from blocks.ssd_scan import resolve_ssd_path, ssd
 from blocks.ssm_init import dt_bias as init_dt_bias
 from hybridlab.errors import ConfigError
 
@@ -105,6 +106,10 @@ class Mamba2Mixer(nn.Module):
         )
         y = self.norm(y.reshape(b, length, self.d_inner), z)
         return self.out_proj(y)
+
+    def ssd_path(self, device: torch.device | str) -> str:
+        """The SSD implementation this mixer runs on `device` (measurement records carry it)."""
+        return resolve_ssd_path(self.backend, device)
 
     def extra_repr(self) -> str:
         return (

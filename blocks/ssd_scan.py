@@ -55,6 +55,24 @@ def ssd_path(device: torch.device | str) -> str:
     return "mamba_ssm" if _mamba_kernel() is not None else "chunked (fallback: mamba-ssm not installed)"
 
 
+SSD_BACKENDS = ("auto", "chunked", "sequential")
+
+
+def resolve_ssd_path(backend: str, device: torch.device | str) -> str:
+    """What `ssd(..., backend=backend)` runs on `device`: `ssd_path` for "auto", else the path asked for;
+    "sequential" is the token-by-token reference, named as a slow path so a record never hides it."""
+    if backend not in SSD_BACKENDS:
+        raise ValueError(f"SSD backend {backend!r} is not one of {', '.join(SSD_BACKENDS)}")
+    if backend == "auto":
+        return ssd_path(device)
+    return "sequential (slow: the token-by-token reference)" if backend == "sequential" else "chunked"
+
+
+def is_slow_path(path: str) -> bool:
+    """Whether an `ssd_path` / `resolve_ssd_path` answer is a slower path than this device's best."""
+    return "fallback" in path or "slow" in path
+
+
 def _compute_dtype(*tensors: Tensor) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
@@ -157,8 +175,8 @@ def ssd(
     `backend`: "auto" (the kernel on CUDA when installed and no FLOP counter is active, else chunked),
     "chunked" or "sequential".
     """
-    if backend not in ("auto", "chunked", "sequential"):
-        raise ValueError(f"SSD backend {backend!r} is not one of auto, chunked, sequential")
+    if backend not in SSD_BACKENDS:
+        raise ValueError(f"SSD backend {backend!r} is not one of {', '.join(SSD_BACKENDS)}")
     if backend == "auto" and ssd_path(x.device) == "mamba_ssm" and not _counting():
         kernel = _mamba_kernel()
         return kernel(x, dt, A, B.unsqueeze(2), C.unsqueeze(2), chunk, D=D, dt_bias=dt_bias, dt_softplus=True)
@@ -173,4 +191,7 @@ def _counting() -> bool:
     return flop_counter_active()
 
 
-__all__ = ["chunking", "ssd", "ssd_chunked", "ssd_flops", "ssd_path", "ssd_sequential"]
+__all__ = [
+    "SSD_BACKENDS", "chunking", "is_slow_path", "resolve_ssd_path", "ssd", "ssd_chunked", "ssd_flops", "ssd_path",
+    "ssd_sequential",
+]

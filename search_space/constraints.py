@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from hybridlab import validate as v
 from hybridlab.errors import ConfigError
 from hybridlab.metrics import METRICS
-from search_space import validate as v
 
 
 def _constraint_fields() -> dict[str, tuple[str, str]]:

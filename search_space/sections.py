@@ -1,6 +1,7 @@
 """Reading a study file's `search_space:` section into dimensions (named finite choices).
 
-Sections (each optional): `layout` (pattern families over token stages), `free` (a per-layer choice
+Sections (each optional): `layout` (pattern families over token stages; `mixer` one block text, or a list
+of them, which makes the mixer a dimension `mixer`), `free` (a per-layer choice
 among block texts), `variants` (named block-option sets), `options` (choices for one option of a
 symbol, `"M.d_state": [8, 16]`) and `model` (choices for model settings). Every problem is a one-line
 ConfigError naming its key; `search_space.space.SearchSpace` turns the dimensions into candidates.
@@ -14,14 +15,15 @@ from typing import Any
 
 from blocks.grammar import BlockSpec, parse
 from blocks.spec import ModelSpec
+from hybridlab import validate as v
 from hybridlab.errors import ConfigError, HybridlabError
-from search_space import validate as v
 from search_space.families import FAMILIES, get_family
 
 SECTIONS = ("layout", "free", "variants", "options", "model")
 LAYOUT_KEYS = ("stages", "family", "per_stage", "n_attn", "depths", "mixer", "attention", "random_seeds")
 FREE_KEYS = ("stages", "symbols", "depths")
 MODEL_CHOICE_KEYS = ("dim", "in_dim", "mlp_ratio", "drop_path_rate", "layer_scale", "num_heads", "window_size", "dims", "init")
+MIXER_DIMENSION = "mixer"  # the layout's mixer when `layout.mixer` lists several blocks
 MAX_CHOICES = 1024  # per dimension: a grid over more is never meant
 MAX_DEPTH = 64  # blocks per searched stage
 
@@ -104,13 +106,18 @@ class _Reader:
         per_stage = v.boolean(cfg.get("per_stage", False), f"{where}.per_stage")
         n_attn = None if cfg.get("n_attn") is None else int_choices(cfg["n_attn"], f"{where}.n_attn", 0, MAX_DEPTH)
         seeds = int_choices(cfg.get("random_seeds", [0]), f"{where}.random_seeds", 0, 2**32 - 1)
-        mixer = block_text(cfg.get("mixer", "M"), f"{where}.mixer")
+        raw_mixer = cfg.get("mixer", "M")
+        mixers = mixer_choices(raw_mixer, f"{where}.mixer") if isinstance(raw_mixer, list) else None
+        mixer = mixers[0] if mixers else block_text(raw_mixer, f"{where}.mixer")
         attention = block_text(cfg.get("attention", "A"), f"{where}.attention")
         depths = self.depth_choices(cfg.get("depths"), stages, f"{where}.depths")
-        self.out.layout = {"stages": stages, "per_stage": per_stage, "mixer": mixer, "attention": attention}
+        self.out.layout = {"stages": stages, "per_stage": per_stage, "mixer": mixer, "attention": attention,
+                           "mixer_searched": mixers is not None}
         family_keys = [f"family_s{s}" for s in stages] if per_stage else ["family"]
         for key in family_keys:
             self.add(key, list(families))
+        if mixers is not None:
+            self.add(MIXER_DIMENSION, mixers)
         for s in stages:
             if s in depths:
                 self.add(f"depth_s{s}", depths[s])
@@ -146,6 +153,8 @@ class _Reader:
         name = v.text(cfg.get("name", "variant"), f"{where}.name")
         if not name.isidentifier():
             raise ConfigError(f"variant name {v.short(name)} must be an identifier", f"{where}.name")
+        if any(d.name == name for d in self.out.dimensions):
+            raise ConfigError(f"variant name {v.short(name)} is already a dimension of the layout", f"{where}.name")
         self.out.variants_name = name
         table = v.mapping(cfg.get("choices"), f"{where}.choices")
         if not table:
@@ -193,6 +202,18 @@ def block_text(text: Any, where: str) -> BlockSpec:
     return pattern.stages[0][0]
 
 
+def mixer_choices(raw: list[Any], where: str) -> list[BlockSpec]:
+    """`layout.mixer` as a list: distinct blocks (compared by canonical text, so `M[d_state=8]` is `M`)."""
+    blocks = v.list_of(raw, block_text, where, max_len=MAX_CHOICES)
+    seen: dict[str, int] = {}
+    for i, block in enumerate(blocks):
+        text = block.canonical()
+        if text in seen:
+            raise ConfigError(f"{v.short(text)} is the same block as {where}[{seen[text]}]", f"{where}[{i}]")
+        seen[text] = i
+    return blocks
+
+
 def check_options(symbol: str, options: Mapping[Any, Any], where: str) -> dict[str, Any]:
     """Block options of `symbol`, each coerced by the block's own option schema."""
     block = block_text(symbol, where)
@@ -220,4 +241,7 @@ def int_choices(value: Any, where: str, minimum: int, maximum: int) -> list[int]
     return v.list_of(value, lambda x, at: v.integer(x, where, minimum, maximum), where, max_len=MAX_CHOICES)
 
 
-__all__ = ["MODEL_CHOICE_KEYS", "SECTIONS", "Dimension", "Sections", "block_text", "check_options", "read_sections"]
+__all__ = [
+    "MIXER_DIMENSION", "MODEL_CHOICE_KEYS", "SECTIONS", "Dimension", "Sections", "block_text", "check_options",
+    "mixer_choices", "read_sections",
+]

@@ -2,7 +2,8 @@
 
 A space is built from a study file's `search_space:` section on top of a base ModelSpec:
 
-    layout:    pattern families over token stages (the paper's Table 5), optional depths and n_attn
+    layout:    pattern families over token stages (the paper's Table 5), optional depths and n_attn, and
+               one mixer block or a list of them (then `mixer` is a dimension; labels read `family/mixer`)
     free:      a free per-layer choice among block texts
     variants:  named alternatives that set block options (the paper's Table 4 mixer rows)
     options:   choices for one option of every block of a symbol, e.g. "M.d_state": [8, 16]
@@ -26,7 +27,7 @@ from blocks.grammar import BlockSpec, Pattern
 from blocks.spec import ModelSpec
 from hybridlab.errors import ConfigError, HybridlabError
 from search_space.families import stage_layout
-from search_space.sections import MODEL_CHOICE_KEYS, Dimension, read_sections
+from search_space.sections import MIXER_DIMENSION, MODEL_CHOICE_KEYS, Dimension, read_sections
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,7 @@ class SearchSpace:
         stages = [list(stage) for stage in parsed.stages]
         family = ""
         if self.layout is not None:
+            mixer = params.get(MIXER_DIMENSION, self.layout["mixer"]) if self._mixer_is_searched() else self.layout["mixer"]
             families = []
             for s in self.layout["stages"]:
                 suffix = f"_s{s}" if self.layout["per_stage"] else ""
@@ -163,7 +165,7 @@ class SearchSpace:
                 families.append(fam)
                 depth = params.get(f"depth_s{s}", parsed.depths[s - 1])
                 texts = stage_layout(fam, depth, "m", "a", params.get(f"n_attn{suffix}"), params.get(f"layout_seed{suffix}", 0))
-                stages[s - 1] = [self.layout["attention"] if t == "a" else self.layout["mixer"] for t in texts]
+                stages[s - 1] = [self.layout["attention"] if t == "a" else mixer for t in texts]
             family = families[0] if len(set(families)) == 1 else "+".join(families)
         if self.free is not None:
             family = "free"
@@ -188,10 +190,14 @@ class SearchSpace:
         label = self._label(params, family)
         return Candidate(spec=spec, params=dict(params), label=label, family=family)
 
+    def _mixer_is_searched(self) -> bool:
+        return self.layout is not None and bool(self.layout.get("mixer_searched"))
+
     def _label(self, params: Mapping[str, Any], family: str) -> str:
         parts = []
         if self.layout is not None and family:
-            parts.append(family)
+            mixer = params.get(MIXER_DIMENSION) if self._mixer_is_searched() else None
+            parts.append(f"{family}/{_storable(mixer)}" if mixer is not None else family)
         if self.variants:
             parts.append(str(params[self.variants_name]))
         for dim in self.dimensions:

@@ -21,8 +21,8 @@ from typing import Any
 from torch import nn
 
 from blocks.spec import ModelSpec
+from hybridlab import validate as v
 from hybridlab.errors import ConfigError, HybridlabError
-from search_space import validate as v
 
 
 @dataclass(frozen=True)

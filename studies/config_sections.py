@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from blocks.spec import ModelSpec
+from hybridlab import validate as v
 from hybridlab.errors import ConfigError, HybridlabError
 from hybridlab.userimports import import_modules
-from search_space import validate as v
 from search_space.space import SearchSpace
 
 SAMPLERS = ("grid", "tpe", "nsga2", "gp", "random")

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from hybridlab.errors import ConfigError, HybridlabError
-from search_space.validate import short
+from hybridlab.validate import short
 
 BUILTIN_DIR = Path(__file__).resolve().parent
 MAX_NESTING = 32  # mappings and lists inside each other; real study files use 5

@@ -406,7 +406,7 @@ def test_bench_cli_writes_json_with_baselines(tmp_path, capsys):
     "argv, message",
     [
         (["no_such_model_xyz"], "unknown model 'no_such_model_xyz'"),
-        (["C | M A", "--precision", "fp8"], "--precision: must be one of fp32"),
+        (["C | M A", "--precision", "fp8"], "--precision: unknown precision 'fp8' (known: fp32"),
         (["C | M A", "--batch-size", "many"], "--batch-size: expected an integer"),
         (["C | M A", "--figures", "speed"], "--figures: unknown figure 'speed'"),
         (["C | Q"], "pattern error"),

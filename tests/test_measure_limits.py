@@ -89,3 +89,19 @@ def test_bench_flags_are_checked_before_anything_is_built(flags, message, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1, err
     assert message in err[0], err[0]
+
+
+def test_measurement_settings_use_the_shared_validation_path():
+    """One validator for study files and measurement profiles: the same range check, the same messages."""
+    from hybridlab import validate
+    from hybridlab.measure import record
+
+    assert not hasattr(record, "_number")
+    with pytest.raises(ConfigError) as shared:
+        validate.in_range(1001, "measure.repeats", *LIMITS["repeats"], integer=True)
+    with pytest.raises(ConfigError) as profile:
+        MeasureProfile(repeats=1001).validated()
+    assert (shared.value.reason, shared.value.where) == (profile.value.reason, profile.value.where)
+    assert validate.in_range(4.0, "x", 1, 8, integer=True) == 4 and validate.in_range(2, "x", 0, 3) == 2.0
+    with pytest.raises(ConfigError, match="expected an integer, got 2.5"):
+        validate.in_range(2.5, "x", 0, 3, integer=True)

@@ -1,7 +1,8 @@
 """The environment a figure was measured in, and a fingerprint of the parts that change figures.
 
 Published vision-Mamba throughputs disagree by up to 2x mostly because of unrecorded settings
-(TF32, AMP, memory layout, scan kernel); every record therefore carries all of them.
+(TF32, AMP, memory layout, scan kernel); every record therefore carries all of them, and names every
+slow path the model takes here (`slow_paths`: a scan or SSD fallback is never silent).
 """
 
 from __future__ import annotations
@@ -127,6 +128,40 @@ def scan_backend(device: torch.device | str, modules: Iterable[Any] = ()) -> str
     return "+".join(sorted(describe_backend(n) for n in names))
 
 
+def ssd_path(device: torch.device | str, modules: Iterable[Any] = ()) -> str | None:
+    """The SSD path(s) the model's Mamba-2 mixers run on `device` (each module with an `ssd_path(device)`
+    method answers for itself), joined with "+"; None when the model has no such mixer."""
+    paths = {m.ssd_path(device) for m in modules if callable(getattr(m, "ssd_path", None))}
+    return "+".join(sorted(paths)) if paths else None
+
+
+def scan_slowness(backend: str, device: torch.device | str) -> str | None:
+    """Why a resolved selective-scan backend (as `scan_backend` names it) is slower than this device's best,
+    or None when it is the best one here."""
+    if "reference" in backend.split("+"):
+        return "the sequential reference scan"
+    if torch.device(device).type == "cuda" and backend != "mamba_ssm":
+        return "CUDA without mamba-ssm's kernel: the CPU-oriented scan"
+    if "fast:blocked" in backend.split("+"):
+        return "no C compiler: the blocked scan instead of the compiled kernel"
+    return None
+
+
+def slow_paths(device: torch.device | str, modules: Iterable[Any], scan: str, ssd: str | None) -> list[str]:
+    """One line per slow path the model takes here ("never silently slow"): the selective scan, when the
+    model has a scan mixer (a `scan_backend` attribute), and Mamba-2's SSD."""
+    out = []
+    if any(hasattr(m, "scan_backend") for m in modules):
+        why = scan_slowness(scan, device)
+        if why:
+            out.append(f"selective scan {scan} ({why})")
+    if ssd:
+        from blocks.ssd_scan import is_slow_path
+
+        out.extend(f"SSD {p}" for p in ssd.split("+") if is_slow_path(p))
+    return out
+
+
 def collect_env(
     device: torch.device | str,
     precision: str = "fp32",
@@ -136,6 +171,7 @@ def collect_env(
 ) -> dict[str, Any]:
     """Everything that can change a figure: hardware, versions, numeric flags and layout settings."""
     dev = torch.device(device)
+    modules = list(modules)  # read more than once below
     env: dict[str, Any] = {"device": dev.type}
     if dev.type == "cuda":
         index = dev.index if dev.index is not None else torch.cuda.current_device()
@@ -161,9 +197,11 @@ def collect_env(
         channels_last=bool(channels_last),
         compile=compile_mode or "off",
         scan_backend=scan_backend(dev, modules),
+        ssd_path=ssd_path(dev, modules),
         omp_num_threads=os.environ.get("OMP_NUM_THREADS"),
         load_avg=load_average(),
     )
+    env["slow_paths"] = slow_paths(dev, modules, env["scan_backend"], env["ssd_path"])
     return env
 
 
@@ -181,4 +219,7 @@ def env_fingerprint(env: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-__all__ = ["FINGERPRINT_KEYS", "collect_env", "cpu_model", "env_fingerprint", "gpu_driver", "load_average", "scan_backend"]
+__all__ = [
+    "FINGERPRINT_KEYS", "collect_env", "cpu_model", "env_fingerprint", "gpu_driver", "load_average", "scan_backend",
+    "scan_slowness", "slow_paths", "ssd_path",
+]

@@ -1,8 +1,11 @@
 """Parameters, MACs and FLOPs of one forward pass, counted the way a reviewer can check by hand.
 
 - `macs`: multiply-accumulates of nn.Conv2d and nn.Linear modules, from forward hooks (bias adds
-  not counted). This is what ptflops reports as "FLOPs" and what the MambaVision paper's Table 1
-  lists; attention matmuls, F.conv1d and the selective scan are NOT in it.
+  not counted), plus `extra_macs(input_shape)` of every module that defines it: a block whose
+  projection is a matmul on a parameter (SS2D's stacked x/dt projections, H's functional dt
+  projection) reports those MACs itself, so they are not silently missed. This is what ptflops
+  reports as "FLOPs" and what the MambaVision paper's Table 1 lists; attention matmuls, F.conv1d
+  and the scan terms (selective scan, SSD's chunked matmuls) are NOT in it: they are in `flops`.
 - `flops`: torch's FlopCounterMode (2 x MACs of every matmul and convolution it sees, F.conv1d
   included), plus scaled-dot-product attention (4*B*heads*Nq*Nk*head_dim per call; FlopCounterMode
   counts SDPA's CUDA kernels and its math decomposition but not the CPU flash kernel, so calls
@@ -50,16 +53,25 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+EXTRA_MACS_HOOK = "extra_macs"
+
+
 def module_macs(module: nn.Module, inputs: tuple, output: Any) -> int:
-    """MACs of one nn.Conv2d / nn.Linear call from its output shape; 0 for other modules."""
+    """MACs of one nn.Conv2d / nn.Linear call from its output shape, plus the module's own
+    `extra_macs(input_shape)` when it defines one (parameter matmuls that no Linear hook sees)."""
+    extra = getattr(module, EXTRA_MACS_HOOK, None)
+    if callable(extra) and inputs and isinstance(inputs[0], torch.Tensor):
+        own = int(extra(tuple(inputs[0].shape)))
+    else:
+        own = 0
     if not isinstance(output, torch.Tensor):
-        return 0
+        return own
     if isinstance(module, nn.Conv2d):
         kh, kw = module.kernel_size
-        return output.numel() * (module.in_channels // module.groups) * kh * kw
+        return own + output.numel() * (module.in_channels // module.groups) * kh * kw
     if isinstance(module, nn.Linear):
-        return output.numel() * module.in_features
-    return 0
+        return own + output.numel() * module.in_features
+    return own
 
 
 def sdpa_flops(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> int:
@@ -129,7 +141,8 @@ def _category(op: Any) -> str:
 
 
 class _MacHooks:
-    """Forward hooks on every nn.Conv2d / nn.Linear that sum their MACs while installed."""
+    """Forward hooks on every nn.Conv2d / nn.Linear, and every module with `extra_macs`, that sum their
+    MACs while installed."""
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -141,7 +154,7 @@ class _MacHooks:
 
     def __enter__(self) -> _MacHooks:
         self._handles = [
-            m.register_forward_hook(self._hook) for m in self.model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))
+            m.register_forward_hook(self._hook) for m in self.model.modules() if _counted(m)
         ]
         return self
 
@@ -149,6 +162,10 @@ class _MacHooks:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+
+
+def _counted(module: nn.Module) -> bool:
+    return isinstance(module, (nn.Conv2d, nn.Linear)) or callable(getattr(module, EXTRA_MACS_HOOK, None))
 
 
 def _dummy_input(batch: int, in_chans: int, img_size: int | tuple[int, int], device: torch.device) -> torch.Tensor:
@@ -164,7 +181,8 @@ def _model_device(model: nn.Module) -> torch.device:
 
 
 def count_macs(model: nn.Module, img_size: int | tuple[int, int], in_chans: int = 3, device: torch.device | str | None = None) -> int:
-    """Per-image MACs of nn.Conv2d and nn.Linear modules only (ptflops' and the paper's "FLOPs"); hooks, no counter."""
+    """Per-image MACs of nn.Conv2d and nn.Linear modules and `extra_macs` hooks (ptflops' and the paper's
+    "FLOPs", with parameter matmuls included); hooks, no counter."""
     device = torch.device(device) if device is not None else _model_device(model)
     was_training = model.training
     model.eval()
@@ -235,6 +253,7 @@ def count_compute_fresh(
 
 __all__ = [
     "CATEGORIES",
+    "EXTRA_MACS_HOOK",
     "ComputeCounts",
     "count_compute",
     "count_compute_fresh",

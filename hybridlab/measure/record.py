@@ -2,16 +2,17 @@
 
 Both are plain dataclasses that round-trip through JSON, so studies can store them in the
 measurement cache and in `trials.csv`, and a reviewer can read exactly how a figure was taken.
+Settings are checked through `hybridlab.validate`, the one validation path of study files.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from hybridlab import validate as check
 from hybridlab.errors import ConfigError
 
 PRECISIONS = ("fp32", "amp-fp16", "amp-bf16")
@@ -95,28 +96,26 @@ class MeasureProfile:
         for key, (low, high) in LIMITS.items():
             if v[key] is None and key in OPTIONAL:
                 continue
-            v[key] = _number(v[key], key, low, high, integer=key not in SECONDS)
+            v[key] = check.in_range(v[key], f"measure.{key}", low, high, integer=key not in SECONDS)
         if not isinstance(v["device"], str) or not _DEVICE_RE.fullmatch(v["device"]):
-            raise ConfigError(f"must be one of {', '.join(DEVICES)} (or cuda:N), got {_short(v['device'])}", "measure.device")
-        if not isinstance(v["precision"], str) or v["precision"] not in PRECISIONS:
-            raise ConfigError(f"must be one of {', '.join(PRECISIONS)}, got {_short(v['precision'])}", "measure.precision")
+            raise ConfigError(f"must be one of {', '.join(DEVICES)} (or cuda:N), got {check.short(v['device'])}",
+                              "measure.device")
+        v["precision"] = check.choice(v["precision"], PRECISIONS, "measure.precision", "precision")
         v["compile"] = _compile_mode(v["compile"])
         figs = v["figures"]
         if isinstance(figs, str):
             figs = [f.strip() for f in figs.split(",") if f.strip()]
         if not isinstance(figs, (list, tuple)):
-            raise ConfigError(f"expected a list of figures, got {_short(figs)}", "measure.figures")
-        bad = [f for f in figs if not isinstance(f, str) or f not in FIGURES]
-        if bad:
-            raise ConfigError(f"unknown figure {_short(bad[0])} (known: {', '.join(FIGURES)})", "measure.figures")
+            raise ConfigError(f"expected a list of figures, got {check.short(figs)}", "measure.figures")
+        for fig in figs:
+            check.choice(fig, FIGURES, "measure.figures", "figure")
         if not figs:
             raise ConfigError("no figures asked for", "measure.figures")
         v["figures"] = tuple(f for f in FIGURES if f in figs)  # canonical order, no duplicates
         for key in ("channels_last", "cudnn_benchmark", "tf32"):
             if key == "tf32" and v[key] is None:
                 continue
-            if not isinstance(v[key], bool):
-                raise ConfigError(f"expected true or false, got {_short(v[key])}", f"measure.{key}")
+            check.boolean(v[key], f"measure.{key}")
         return MeasureProfile(**v)
 
     def resolved(self) -> MeasureProfile:
@@ -159,7 +158,7 @@ class MeasureProfile:
         known = cls.fields_names()
         unknown = [k for k in data if k not in known]
         if unknown:
-            names = ", ".join(_short(k) for k in unknown)
+            names = ", ".join(check.short(k, 80) for k in unknown)
             raise ConfigError(f"unknown measurement setting(s) {names} (known: {', '.join(sorted(known))})", "measure")
         return cls(**dict(data)).validated()
 
@@ -174,6 +173,8 @@ class MeasureRecord:
     selective-scan term. Throughputs are medians over `repeats` timed windows; latency is the median
     over single synchronised batch-1 calls. `peak_mem_mb` is the inference run's; see `peak_mem_method`.
     `noisy` says a timed window stayed contended (other processes took the CPU); see `noisy_reason`.
+    `env` names the scan backend and the SSD path that ran (`scan_backend`, `ssd_path`) and lists any slow
+    fallback among them (`slow_paths`, also `record.slow_paths`).
     """
 
     model: str
@@ -219,31 +220,15 @@ class MeasureRecord:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def slow_paths(self) -> list[str]:
+        """The slow paths (scan or SSD fallbacks) the model took when measured, from its env; [] when none."""
+        return list(self.env.get("slow_paths") or [])
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> MeasureRecord:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
-
-
-def _number(value: Any, key: str, low: float, high: float, integer: bool) -> Any:
-    """A finite number in [low, high] (an integer when `integer`), or a one-line ConfigError."""
-    where = f"measure.{key}"
-    kind = "an integer" if integer else "a number"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"expected {kind}, got {_short(value)}", where)
-    if not math.isfinite(value):
-        raise ConfigError(f"expected a finite number, got {value}", where)
-    if integer and float(value) != int(value):
-        raise ConfigError(f"expected an integer, got {value!r}", where)
-    if not low <= value <= high:
-        shown = f"{value:g}" if isinstance(value, float) or abs(value) >= 10**15 else str(value)
-        raise ConfigError(f"must be between {low:g} and {high:g}, got {shown}", where)
-    return int(value) if integer else float(value)
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _compile_mode(value: Any) -> str | None:
@@ -252,7 +237,7 @@ def _compile_mode(value: Any) -> str | None:
     if value is True:
         return "default"
     if not isinstance(value, str) or value not in COMPILE_MODES:
-        raise ConfigError(f"must be off or one of {', '.join(COMPILE_MODES)}, got {_short(value)}", "measure.compile")
+        raise ConfigError(f"must be off or one of {', '.join(COMPILE_MODES)}, got {check.short(value)}", "measure.compile")
     return str(value)
 
 

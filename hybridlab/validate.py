@@ -1,11 +1,12 @@
 """Typed checks for study-file values: one ConfigError line that names the key, never a traceback.
 
 Study files are YAML written by people, so every value can be of any type, NaN, inf, 2^63 or a
-megabyte string. These helpers are the one validation path of `search_space` and `studies`: each
-takes the raw value and `where` (the dotted key, e.g. `train.epochs`) and returns the checked value.
-Quoted values are cut to `QUOTE_LIMIT` characters, so a huge value never makes a huge message.
+megabyte string. These helpers are the one validation path of `search_space`, `studies` and
+`hybridlab.measure`: each takes the raw value and `where` (the dotted key, e.g. `train.epochs`) and
+returns the checked value. Quoted values are cut to `QUOTE_LIMIT` characters, so a huge value never
+makes a huge message.
 
-The module sits at the `search_space` layer so that both search spaces and study files can use it.
+The module sits in the shared layer (it needs only `hybridlab.errors`) so that every layer can use it.
 """
 
 from __future__ import annotations
@@ -94,6 +95,22 @@ def number(
     return out
 
 
+def in_range(value: Any, where: str, low: float, high: float, integer: bool = False) -> Any:
+    """A finite number in [low, high], an int when `integer` (an integral float such as YAML's `1.0e+3` is
+    taken); the message states both bounds, for settings documented as a range."""
+    kind = "an integer" if integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"expected {kind}, got {short(value)}", where)
+    if not math.isfinite(value):
+        raise ConfigError(f"expected a finite number, got {value}", where)
+    if integer and float(value) != int(value):
+        raise ConfigError(f"expected an integer, got {value!r}", where)
+    if not low <= value <= high:
+        shown = f"{value:g}" if isinstance(value, float) or abs(value) >= 10**15 else str(value)
+        raise ConfigError(f"must be between {low:g} and {high:g}, got {shown}", where)
+    return int(value) if integer else float(value)
+
+
 def boolean(value: Any, where: str) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"expected true or false, got {short(value)}", where)
@@ -154,6 +171,6 @@ def located(exc: ConfigError, prefix: str) -> ConfigError:
 
 
 __all__ = [
-    "MAX_INT", "QUOTE_LIMIT", "boolean", "choice", "integer", "list_of", "located", "mapping", "number",
+    "MAX_INT", "QUOTE_LIMIT", "boolean", "choice", "in_range", "integer", "list_of", "located", "mapping", "number",
     "optional_integer", "short", "text", "type_name", "unknown_keys",
 ]
