@@ -191,6 +191,8 @@ class TrialObjective:
         data = record.to_dict() if hasattr(record, "to_dict") else dict(record)
         figures = {k: data[k] for k in KEPT_FIGURES if data.get(k) is not None}
         figures["measure_env"] = data.get("env", {})
+        if figures["measure_env"].get("slow_paths"):  # a scan or SSD fallback is never silent
+            figures["slow_paths"] = "; ".join(figures["measure_env"]["slow_paths"])
         return figures
 
     def _gate(self, trial: optuna.Trial, figures: dict[str, Any]) -> list[str]:

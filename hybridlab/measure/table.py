@@ -51,6 +51,8 @@ def env_line(env: Mapping[str, Any]) -> str:
         f"{where}; torch {env.get('torch')}, timm {env.get('timm')}, hybridlab {env.get('hybridlab')}; "
         f"{env.get('precision')}, {tf32}, channels_last {'on' if env.get('channels_last') else 'off'}, "
         f"compile {env.get('compile')}, scan {env.get('scan_backend')}"
+        + (f", ssd {env['ssd_path']}" if env.get("ssd_path") not in (None, "none") else "")
+        + (f"; SLOW PATHS: {'; '.join(env['slow_paths'])}" if env.get("slow_paths") else "")
     )
 
 
