@@ -280,7 +280,8 @@ class TrialObjective:
             total = len(trial.study.get_trials(deepcopy=False))
         except Exception:  # noqa: BLE001
             total = None
-        return f"[trial {trial.number}] " + trial_start_line(trial.number + 1, total, arch.pattern, seed, fidelity)
+        label = trial.user_attrs.get("fidelity_label") or fidelity  # "full", a rung, ...: the hash says nothing to people
+        return f"[trial {trial.number}] " + trial_start_line(trial.number + 1, total, arch.pattern, seed, label)
 
     def train_device(self) -> str:
         return self.device or str(self.config.measure.get("device", "auto"))
