@@ -119,3 +119,22 @@ def test_unavailable_weights_stop_the_study_in_one_line(tmp_path):
     with pytest.raises(finetune.WeightsUnavailable) as err:
         run(raw, tmp_path)
     assert "\n" not in str(err.value) and "--set model.pretrained=/path/to/" in str(err.value)
+
+
+def test_imagefolder_eval_resize_takes_crop_pct_and_its_own_interpolation(tmp_path):
+    from torchvision import transforms as T
+
+    from hybridlab.errors import ConfigError
+    from studies.data import make_datamodule
+
+    root = _folder(tmp_path / "images", ("train", "val"), ("a", "b"), (40, 40))
+
+    def eval_resize(**options):
+        dm = make_datamodule("imagefolder", root=str(root), img_size=32, **options)
+        return next(t for t in dm.transforms(False).transforms if isinstance(t, T.Resize))
+
+    resize = eval_resize(interpolation="random", eval_interpolation="bicubic", crop_pct=0.8)
+    assert resize.interpolation == T.InterpolationMode.BICUBIC and resize.size == 40  # 32 / 0.8
+    assert eval_resize(interpolation="random").interpolation == T.InterpolationMode.BILINEAR
+    with pytest.raises(ConfigError, match="data.eval_interpolation: must be bilinear, bicubic or nearest"):
+        eval_resize(eval_interpolation="random")
