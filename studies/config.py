@@ -39,6 +39,7 @@ from hybridlab.urls import mask_password
 from search_space.constraints import Constraints
 from search_space.space import SearchSpace
 from studies import config_sections as sections
+from studies import finetune
 from studies.baselines import parse_baseline
 from studies.config_sections import MAX_GRID, MAX_TRIALS, SAMPLERS, AutoSeeds
 from studies.studyfile import (
@@ -86,6 +87,7 @@ class StudyConfig:
     auto_seeds: AutoSeeds | None = None  # `seeds: auto`: `seeds` is then the first round
     train_threads: int | None = None  # `train.threads`; the measurement's are `measure["threads"]`
     progress_every_s: float | None = 60.0  # a progress line within long epochs this often (None: epoch lines only)
+    pretrained: Any = None  # studies.finetune.Pretrained: `model.pretrained` (None: no fine-tuning)
 
     @property
     def directions(self) -> list[str]:
@@ -160,6 +162,9 @@ def _validate(data: dict[str, Any], source: str, check_data: bool) -> StudyConfi
     base = attempt(lambda: sections.model(data.get("model"), data_cfg))
     space = attempt(lambda: SearchSpace.from_config(data.get("search_space"), base)) if base else None
     recipe, train_threads = attempt(lambda: sections.train(data.get("train")), (None, None))
+    pretrained = attempt(lambda: finetune.parse_pretrained(data.get("model"), check_data))
+    if base is not None and recipe is not None:
+        attempt(lambda: finetune.check_stages(recipe, base))
     measure = attempt(lambda: sections.measure(data.get("measure"), data_cfg), {})
     objectives = attempt(lambda: parse_objectives(data.get("objectives"), "objectives"), [])
     sampler = attempt(lambda: sections.sampler(data.get("sampler")), {})
@@ -189,7 +194,7 @@ def _validate(data: dict[str, Any], source: str, check_data: bool) -> StudyConfi
         measure=measure, objectives=objectives, sampler=sampler, n_trials=n_trials, seeds=seeds,
         constraints=constraints, storage=storage, ablation=ablation, devices=devices, baselines=baselines, raw=data,
         source=source, max_retries=max_retries, auto_seeds=auto_seeds, train_threads=train_threads,
-        progress_every_s=progress_every_s,
+        progress_every_s=progress_every_s, pretrained=pretrained,
     )
 
 

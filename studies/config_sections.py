@@ -211,6 +211,9 @@ def data(value: Any, check: bool) -> dict[str, Any]:
 def model(value: Any, data_cfg: dict[str, Any] | None) -> ModelSpec:
     cfg = v.mapping(value, "model", required=True)
     preset = cfg.pop("preset", None)
+    from studies.finetune import pop_pretrained_keys
+
+    pop_pretrained_keys(cfg)  # checked by studies.finetune
     if data_cfg is not None:
         cfg.setdefault("num_classes", data_cfg["_num_classes"])
         cfg.setdefault("in_chans", data_cfg["_in_chans"])

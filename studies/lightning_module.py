@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
-from timm.optim import create_optimizer_v2, param_groups_weight_decay
+from timm.optim import create_optimizer_v2, param_groups_layer_decay, param_groups_weight_decay
 from timm.utils import ModelEmaV3
 
 from hybridlab.errors import ConfigError, HybridlabError
@@ -40,6 +40,42 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """timm's groups: biases / norms / other 1-D params / `no_weight_decay_patterns` without weight decay (first
     group), the other weights with `weight_decay`; one group at weight decay 0 when `weight_decay` is 0."""
     return param_groups_weight_decay(model, weight_decay, no_weight_decay_list=no_weight_decay_patterns(model))
+
+
+def layer_decay_groups(model: nn.Module, weight_decay: float, layer_decay: float) -> list[dict[str, Any]]:
+    """timm's layer-wise lr decay groups (each with its `lr_scale`) from the model's `group_matcher`, with the same
+    no-weight-decay rules as `param_groups`; frozen parameters are left out."""
+    if not hasattr(model, "group_matcher"):
+        raise ConfigError(f"{type(model).__name__} has no group_matcher(), so its layers cannot be told apart",
+                          "train.layer_decay")
+    return param_groups_layer_decay(model, weight_decay, no_weight_decay_list=no_weight_decay_patterns(model),
+                                    layer_decay=layer_decay)
+
+
+def frozen_modules(model: nn.Module, stages: tuple[str | int, ...]) -> list[nn.Module]:
+    """The modules `train.freeze_stages` names: `stem` is the patch embedding, stage k is `levels[k-1]`."""
+    if not stages:
+        return []
+    levels = getattr(model, "levels", None)
+    if getattr(model, "patch_embed", None) is None or not isinstance(levels, nn.ModuleList):
+        raise ConfigError(f"{type(model).__name__} has no stem and stages to freeze (a pattern model has)",
+                          "train.freeze_stages")
+    out = []
+    for item in stages:
+        if item == "stem":
+            out.append(model.patch_embed)
+        elif int(item) > len(levels):
+            raise ConfigError(f"stage {item} does not exist (the model has {len(levels)} stages)", "train.freeze_stages")
+        else:
+            out.append(levels[int(item) - 1])
+    return out
+
+
+def freeze(modules: list[nn.Module]) -> None:
+    """No gradient for the modules' parameters, and their norms in eval mode (running statistics kept)."""
+    for module in modules:
+        module.requires_grad_(False)
+        module.eval()
 
 
 class WarmupCosine:
@@ -86,6 +122,8 @@ class ClassificationModule(L.LightningModule):
             self.model_ema = ModelEmaV3(model, decay=r.ema_decay, use_warmup=r.ema_warmup)
             self.model_ema.requires_grad_(False)
         self._ema_step = -1
+        self.frozen = frozen_modules(model, r.freeze_stages)
+        freeze(self.frozen)
         self.save_hyperparameters({"recipe": r.to_dict(), "num_classes": self.num_classes})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -99,8 +137,17 @@ class ClassificationModule(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         # A model handed over in eval mode (e.g. after a speed measurement) must still train; the EMA copy never does.
         self.model.train()
+        for module in self.frozen:
+            module.eval()
         if self.model_ema is not None:
             self.model_ema.module.eval()
+
+    def train(self, mode: bool = True) -> ClassificationModule:
+        """Frozen stages stay in eval mode whenever Lightning switches the module back to training."""
+        super().train(mode)
+        for module in getattr(self, "frozen", ()):
+            module.eval()
+        return self
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
         x, y = batch[0], batch[1]
@@ -143,8 +190,15 @@ class ClassificationModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         r = self.recipe
+        if r.layer_decay is None:
+            group_fn = lambda m: param_groups(m, r.weight_decay)  # noqa: E731
+        else:
+            group_fn = lambda m: layer_decay_groups(m, r.weight_decay, r.layer_decay)  # noqa: E731
         optimizer = create_optimizer_v2(self.model, opt=r.opt, lr=r.lr, weight_decay=r.weight_decay,
-                                        momentum=r.momentum, param_group_fn=lambda m: param_groups(m, r.weight_decay))
+                                        momentum=r.momentum, param_group_fn=group_fn)
+        for group in optimizer.param_groups:  # timm's schedulers apply lr_scale; the LambdaLR below scales this lr
+            if "lr_scale" in group:
+                group["lr"] = r.lr * group["lr_scale"]
         total = int(self.trainer.estimated_stepping_batches)
         per_epoch = total / max(1, self.trainer.max_epochs or 1)
         schedule = WarmupCosine(total, int(round(r.warmup_epochs * per_epoch)), r.min_lr / r.lr)

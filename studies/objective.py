@@ -151,7 +151,12 @@ class TrialObjective:
     def fidelity(self) -> str:
         """What besides the architecture and seed decides a result: data, recipe, image size."""
         data = {k: v for k, v in self.config.data.items() if not k.startswith("_")}
-        blob = json.dumps({"data": data, "train": plain(self.config.recipe)}, sort_keys=True, default=str)
+        parts = {"data": data, "train": plain(self.config.recipe)}
+        if self.config.pretrained is not None:  # what the trials start from (a random-init fallback differs)
+            from studies.finetune import weights_tag
+
+            parts["weights"] = weights_tag(self.config.pretrained, self.echo)
+        blob = json.dumps(parts, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     def _finished_twin(self, trial: optuna.Trial, arch_hash: str, seed: int, fidelity: str) -> FrozenTrial | None:
@@ -215,6 +220,11 @@ class TrialObjective:
         datamodule = self.datamodule()
         self._check_fits(arch, datamodule)
         model = arch.build()
+        if self.config.pretrained is not None:
+            from studies.finetune import apply_pretrained
+
+            for key, value in apply_pretrained(self.config.pretrained, model, f"[trial {trial.number}]", self.echo).items():
+                trial.set_user_attr(key, value)
         from studies.progress import ProgressLines
 
         left, mean_s = self._study_pace(trial)

@@ -28,7 +28,9 @@ _FLOAT = {  # name: (minimum, maximum, minimum is exclusive)
     "mixup": (0.0, None, False), "cutmix": (0.0, None, False), "mixup_prob": (0.0, 1.0, False),
     "mixup_switch_prob": (0.0, 1.0, False), "clip_grad": (0.0, None, True), "ema_decay": (0.0, 0.999999, True),
 }
-_OPTIONAL = {"batch_size", "clip_grad", "limit_train_batches", "limit_val_batches", "threads"}
+_OPTIONAL = {"batch_size", "clip_grad", "limit_train_batches", "limit_val_batches", "threads", "layer_decay"}
+# Fine-tuning settings left out of `to_dict` at their defaults: a recipe without them hashes as before
+_FINETUNE_DEFAULTS: dict[str, Any] = {"layer_decay": None, "freeze_stages": ()}
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,12 @@ class TrainRecipe:
     `checkpoints`: what a trial keeps. While it runs, always `last.ckpt` and `best.ckpt` with optimizer state
     (resume needs them); once it finished all its epochs: `best` (default) keeps only the best epoch's weights
     in `best.ckpt`, `last` only the last epoch's weights in `last.ckpt`, `both` both as weights, `full` both
-    untouched (a finished trial can then be trained further), `none_after_finish` neither."""
+    untouched (a finished trial can then be trained further), `none_after_finish` neither.
+
+    Fine-tuning: `layer_decay` (0 < d <= 1) scales each layer's lr by d^(layers after it), through timm's
+    layer-decay groups and the model's `group_matcher` (stem lowest, head at the full lr); `freeze_stages` lists
+    `stem` and stage numbers (from 1, as in a search space's `layout.stages`; a stage includes the downsample at
+    its end) whose parameters get no gradient and whose norms stay in eval mode."""
 
     epochs: int = 10
     batch_size: int | None = None
@@ -70,6 +77,8 @@ class TrainRecipe:
     threads: int | None = None
     loggers: tuple[str, ...] = ("csv",)
     checkpoints: str = "best"
+    layer_decay: float | None = None
+    freeze_stages: tuple[str | int, ...] = ()
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -94,6 +103,10 @@ class TrainRecipe:
         """Plain values (lists, not tuples), so YAML and JSON writers store them without Python tags."""
         out = asdict(self)
         out["loggers"] = list(self.loggers)
+        out["freeze_stages"] = list(self.freeze_stages)
+        for key, default in _FINETUNE_DEFAULTS.items():
+            if getattr(self, key) == default:
+                del out[key]
         return out
 
     @property
@@ -141,6 +154,12 @@ def _check_setting(name: str, value: Any, where: str) -> Any:
         if value not in CHECKPOINT_POLICIES:
             raise ConfigError(f"must be one of {', '.join(CHECKPOINT_POLICIES)}, got {value!r}", key)
         return value
+    if name == "layer_decay":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= 1.0:
+            raise ConfigError(f"must be a number in (0, 1] (e.g. 0.75), got {value!r}", key)
+        return float(value)
+    if name == "freeze_stages":
+        return _check_freeze(value, key)
     if name in ("limit_train_batches", "limit_val_batches"):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"must be a batch count or a fraction, got {value!r}", key)
@@ -162,4 +181,24 @@ def _check_loggers(value: Any, key: str) -> tuple[str, ...]:
         if name in out:
             raise ConfigError(f"logger {name!r} is listed twice", key)
         out.append(name)
+    return tuple(out)
+
+
+def _check_freeze(value: Any, key: str) -> tuple[str | int, ...]:
+    """`stem` and stage numbers from 1, each once (a lone `stem` or number is a list of one)."""
+    items = [value] if isinstance(value, (str, int)) and not isinstance(value, bool) else value
+    if not isinstance(items, (list, tuple)):
+        raise ConfigError(f"must be a list of 'stem' and stage numbers (from 1), got {value!r}", key)
+    out: list[str | int] = []
+    for item in items:
+        if item == "stem":
+            pass
+        elif isinstance(item, bool) or not isinstance(item, int):
+            raise ConfigError(f"must list 'stem' and stage numbers (from 1), got {item!r}", key)
+        elif item < 1:
+            raise ConfigError(f"stages are numbered from 1 (as in layout.stages); use 'stem' for the patch "
+                              f"embedding, got {item}", key)
+        if item in out:
+            raise ConfigError(f"{item!r} is listed twice", key)
+        out.append(item)
     return tuple(out)

@@ -60,7 +60,8 @@ class ImageFolderDataModule(SeededDataModule):
     [3/4, 4/3]), `cache` (decode every image once into memory, shrunk to the eval resize; default false),
     `auto_augment` (timm string, e.g.
     "rand-m9-mstd0.5-inc1"), `color_jitter` (0.4), `hflip` (0.5), `re_prob` (random erasing, 0), `interpolation`
-    ("bilinear"), `mean` / `std` (ImageNet), `drop_last` (true), `val_batch_size`, `check_decode` (images fully
+    ("bilinear"; "random" picks one per training image), `eval_interpolation` (the eval resize's; default
+    `interpolation`, bilinear for "random"), `mean` / `std` (ImageNet), `drop_last` (true), `val_batch_size`, `check_decode` (images fully
     decoded by the pre-flight `check()`, evenly spread; null = all; every file's header and ending are checked).
     """
 
@@ -74,7 +75,7 @@ class ImageFolderDataModule(SeededDataModule):
                  drop_last: bool = True, val_batch_size: int | None = None,
                  check_decode: int | None = DEFAULT_DECODE_LIMIT, scale: Sequence[float] = (0.08, 1.0),
                  ratio: Sequence[float] = (3 / 4, 4 / 3), cache: bool = False, augment: str = "timm",
-                 padding: int = 4) -> None:
+                 padding: int = 4, eval_interpolation: str | None = None) -> None:
         super().__init__(batch_size=batch_size, val_batch_size=val_batch_size, num_workers=num_workers, seed=seed,
                          train_subset=train_subset, val_subset=val_subset, drop_last=drop_last)
         if root is None:
@@ -103,6 +104,12 @@ class ImageFolderDataModule(SeededDataModule):
         if interpolation not in ("bilinear", "bicubic", "nearest", "random"):
             raise ConfigError(f"must be bilinear, bicubic, nearest or random, got {interpolation!r}", "data.interpolation")
         self.interpolation = interpolation
+        if eval_interpolation is None:
+            eval_interpolation = "bilinear" if interpolation == "random" else interpolation
+        if eval_interpolation not in ("bilinear", "bicubic", "nearest"):
+            raise ConfigError(f"must be bilinear, bicubic or nearest, got {eval_interpolation!r}",
+                              "data.eval_interpolation")
+        self.eval_interpolation = eval_interpolation
         self.mean, self.std = _triple(mean, "mean"), _triple(std, "std")
         self.in_chans = 3
 
@@ -138,7 +145,7 @@ class ImageFolderDataModule(SeededDataModule):
                                     auto_augment=self.auto_augment, re_prob=self.re_prob,
                                     interpolation=self.interpolation, mean=self.mean, std=self.std)
         return create_transform(self.img_size, is_training=False, crop_pct=self.crop_pct,
-                                interpolation="bilinear" if self.interpolation == "random" else self.interpolation,
+                                interpolation=self.eval_interpolation,
                                 mean=self.mean, std=self.std)
 
     def check(self) -> None:
@@ -184,7 +191,7 @@ class ImageFolderDataModule(SeededDataModule):
             "augment": self.augment, "padding": self.padding, "crop_pct": self.crop_pct,
             "auto_augment": self.auto_augment,
             "color_jitter": self.color_jitter, "hflip": self.hflip, "re_prob": self.re_prob,
-            "interpolation": self.interpolation, "mean": list(self.mean), "std": list(self.std),
+            "interpolation": self.interpolation, "eval_interpolation": self.eval_interpolation, "mean": list(self.mean), "std": list(self.std),
             "val_dir": self.val_dir.name,
         }
 
