@@ -61,6 +61,11 @@ def main(args: argparse.Namespace, report: bool | None = None) -> int:
         preflight.check_device(device, "--device" if args.device else "measure.device")
         data = {k: v for k, v in config.data.items() if not k.startswith("_")}
         preflight.check_data(make_datamodule(**data), str(data.get("name")))
+        from studies.finetune import check_note
+
+        note = check_note(config.pretrained)
+        if note:
+            print(note)
         print(f"{config.source}: ok (search space of {config.space.size():,} assignments, sampler {config.sampler['name']})")
         return 0
     options = RunOptions(results_dir=args.results_dir, storage=storage_from(args), n_trials=args.n_trials,
