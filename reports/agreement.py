@@ -164,6 +164,38 @@ def agree(low: Sequence[float], high: Sequence[float], keys: Sequence[str], metr
     return out
 
 
+def front_mask(points: np.ndarray, chunk: int = 256) -> np.ndarray:
+    """True for non-dominated rows of minimisation points (equal points do not dominate each other).
+
+    Only the front, in chunks: O(n^2) comparisons but little memory, fast for a few thousand supernet scores.
+    """
+    points = np.asarray(points, float)
+    out = np.zeros(len(points), dtype=bool)
+    if points.ndim == 2 and points.shape[1] == 2 and len(points):
+        return _front_2d(points[:, 0], points[:, 1])
+    for s in range(0, len(points), chunk):
+        block = points[s:s + chunk, None, :]
+        le = np.all(points[None, :, :] <= block, axis=2)
+        lt = np.any(points[None, :, :] < block, axis=2)
+        out[s:s + chunk] = ~np.any(le & lt, axis=1)
+    return out
+
+
+def _front_2d(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Two objectives in O(n log n): a point is on the front when it has the lowest y of its x and a y
+    below every point with a smaller x."""
+    order = np.lexsort((y, x))
+    xs, ys = x[order], y[order]
+    starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])
+    group_min = np.minimum.reduceat(ys, starts)
+    before = np.r_[np.inf, np.minimum.accumulate(group_min)[:-1]]
+    sizes = np.diff(np.r_[starts, len(xs)])
+    keep = (ys == np.repeat(group_min, sizes)) & (ys < np.repeat(before, sizes))
+    out = np.zeros(len(x), dtype=bool)
+    out[order] = keep
+    return out
+
+
 # -- fidelity levels of a trials table --------------------------------------------------------------
 @dataclass(frozen=True)
 class Level:
@@ -185,8 +217,11 @@ def fidelity_ranks(frame: pd.DataFrame) -> pd.Series:
 
 
 def fidelity_levels(frame: pd.DataFrame) -> list[Level]:
-    """The fidelities among the finished trials, lowest first."""
+    """The fidelities among the finished searched trials, lowest first (baselines are trained in full and do
+    not make a fidelity of their own)."""
     done = finished_rows(frame)
+    if "is_baseline" in done.columns:
+        done = done[~done["is_baseline"].astype(bool)]
     if done.empty:
         return []
     ranks = fidelity_ranks(done)

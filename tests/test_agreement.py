@@ -13,6 +13,7 @@ from reports.agreement import (
     bootstrap_interval,
     fidelity_levels,
     fidelity_ranks,
+    front_mask,
     kendall_tau,
     paired,
     seed_means,
@@ -21,6 +22,7 @@ from reports.agreement import (
     top_k_overlap,
 )
 from reports.demo import make_frame
+from reports.pareto import pareto_mask
 
 
 def _cases():
@@ -124,7 +126,7 @@ def test_levels_ranks_and_seed_means_from_a_trials_table():
     assert fidelity_ranks(frame).tolist() == [-1, -1, -1, 1000, 1000, 1000, 1000, 1000]
     levels = fidelity_levels(frame)
     assert [(lv.rank, lv.label, lv.trials, lv.architectures) for lv in levels] == [
-        (-1, "supernet", 3, 3), (1000, "full", 4, 3)]
+        (-1, "supernet", 3, 3), (1000, "full", 3, 2)]
     ranks = fidelity_ranks(frame)
     low = seed_means(frame[ranks == -1], ["top1"])
     high = seed_means(frame[ranks == 1000], ["top1"])
@@ -132,6 +134,16 @@ def test_levels_ranks_and_seed_means_from_a_trials_table():
     both = paired(low, high, "top1")
     assert both["pattern"].tolist() == ["M A", "M M"]
     assert both["low"].tolist() == [55.0, 50.0] and both["high"].tolist() == [75.0, 71.0]
+
+
+def test_front_mask_matches_the_full_non_dominated_sort():
+    rng = np.random.default_rng(5)
+    points = np.round(rng.normal(size=(700, 2)), 1)  # rounded: many duplicates and ties
+    points[1] = points[0]
+    points[2] = [points[0, 0], points[0, 1] + 1]  # same x, worse y: dominated
+    assert front_mask(points, chunk=64).tolist() == pareto_mask(points).tolist()
+    three = rng.normal(size=(200, 3))
+    assert front_mask(three).tolist() == pareto_mask(three).tolist()
 
 
 def test_seed_means_of_an_empty_table():
