@@ -268,3 +268,39 @@ def paired(low: pd.DataFrame, high: pd.DataFrame, metric: str) -> pd.DataFrame:
     both = low[cols].merge(high[["key", metric]], on="key", suffixes=("_low", "_high"))
     both = both.rename(columns={f"{metric}_low": "low", f"{metric}_high": "high"})
     return both.sort_values("key", kind="stable").reset_index(drop=True)
+
+
+MATCH_KEYS = ("arch_hash", "pattern", "label")
+
+
+def match_rule(frames: Sequence[pd.DataFrame], by: str | None = None) -> tuple[str, int]:
+    """How to pair the architectures of separate studies, and how many they share.
+
+    `arch_hash` names the same network only when every setting that enters the hash (image size, say) is
+    the same, so a low-resolution proxy study shares no hash with the full one. The pattern, then the
+    ablation label, name the layout instead; a key is usable only when, inside each study, one key value
+    means one architecture. Without `by`, the usable key sharing the most architectures wins (arch_hash
+    first on a tie); ("", 0) when none is usable.
+    """
+    rows = [_searched(f) for f in frames]
+    best, shared_best = "", 0
+    for key in (by,) if by else MATCH_KEYS:
+        if not all(_one_to_one(r, key) for r in rows):
+            continue
+        sets = [set(arch_keys(r, key)) for r in rows]
+        shared = len(set.intersection(*sets)) if sets else 0
+        if shared > shared_best or not best:
+            best, shared_best = key, shared
+    return best, shared_best
+
+
+def _searched(frame: pd.DataFrame) -> pd.DataFrame:
+    done = finished_rows(frame)
+    return done[~done["is_baseline"].astype(bool)] if "is_baseline" in done.columns else done
+
+
+def _one_to_one(rows: pd.DataFrame, key: str) -> bool:
+    if key == "arch_hash" or rows.empty:
+        return True
+    values = rows[[key, "arch_hash"]].astype(str)
+    return bool((values.groupby(key)["arch_hash"].nunique() <= 1).all()) and bool(values[key].ne("").all())
