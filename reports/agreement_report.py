@@ -14,9 +14,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from hybridlab.fidelity import FULL_RANK
 from hybridlab.metrics import Objective
 from reports.agreement import (
     MIN_SHARED,
+    RESAMPLES,
+    SEED,
     TOP_KS,
     Agreement,
     Level,
@@ -24,6 +27,7 @@ from reports.agreement import (
     fidelity_levels,
     fidelity_ranks,
     front_mask,
+    match_rule,
     paired,
     seed_means,
 )
@@ -55,6 +59,10 @@ class FidelitySplit:
 def split_fidelities(frame: pd.DataFrame) -> FidelitySplit:
     """Keep the top fidelity's finished trials, every baseline and every unfinished trial for the main report."""
     levels = fidelity_levels(frame)
+    if len(levels) == 1 and levels[0].rank != FULL_RANK:
+        return FidelitySplit(levels, frame, f"Every finished searched trial is at the {levels[0].label} fidelity "
+                             "(not stand-alone training to the full budget), and none at a higher one to check "
+                             "its ranking against.")
     if len(levels) < 2:
         return FidelitySplit(levels, frame)
     top = levels[-1]
@@ -97,7 +105,7 @@ class FrontCheck:
 class AgreementSection:
     """Everything the agreement section shows; `files` holds the agreement.* and predicted_front.* files."""
 
-    by: str
+    by: list[str] = field(default_factory=list)  # the matching key of each result
     results: list[tuple[str, str, Objective, pd.DataFrame, Agreement]] = field(default_factory=list)
     fronts: list[FrontCheck] = field(default_factory=list)
     sentences: list[str] = field(default_factory=list)
@@ -115,17 +123,21 @@ def study_sides(frame: pd.DataFrame, levels: Sequence[Level]) -> list[tuple[Side
 
 
 def agreement_section(pairs: Sequence[tuple[Side, Side]], objectives: Sequence[Objective], title: str,
-                      by: str = "arch_hash") -> AgreementSection:
-    """Agreement of every objective for each (low, high) pair; matched by `by` (arch_hash, pattern or label)."""
+                      by: str | None = None) -> AgreementSection:
+    """Agreement of every objective for each (low, high) pair; matched by `by` (arch_hash, pattern or label),
+    else by the key of `reports.agreement.match_rule` (arch_hash unless a setting that enters the hash, such
+    as a halving rung's image size, differs between the fidelities)."""
     names = [o.name for o in objectives]
-    out = AgreementSection(by=by)
+    out = AgreementSection()
     crowded: tuple[str, str, pd.DataFrame, pd.DataFrame] | None = None
     for low_side, high_side in pairs:
-        low, high = seed_means(low_side.frame, names, by), seed_means(high_side.frame, names, by)
+        key = by or match_rule([low_side.frame, high_side.frame])[0] or "arch_hash"
+        low, high = seed_means(low_side.frame, names, key), seed_means(high_side.frame, names, key)
         for o in objectives:
             pairs_o = paired(low, high, o.name)
             result = agree(pairs_o["low"], pairs_o["high"], pairs_o["key"], o.name, o.maximize)
             out.results.append((low_side.name, high_side.name, o, pairs_o, result))
+            out.by.append(key)
             out.sentences.append(_sentence(low_side.name, high_side.name, o, pairs_o, result))
         if len(objectives) >= 2:
             check = _front_check(low, high, objectives, low_side.name, high_side.name)
@@ -155,7 +167,7 @@ def add_to_page(page: Page, section: AgreementSection, matched: str = "") -> Non
     """The section's heading, sentences, table and figures on a report page."""
     intro = ("Whether a cheap fidelity ranks the architectures as the expensive one does. Kendall τ (tau-b) and "
              "Spearman ρ over the architectures trained at both (means over seeds), with bootstrap 95% intervals "
-             "(2,000 resamples of the architectures, seed 0); top-k overlap = share of the k best at the high "
+             f"({RESAMPLES:,} resamples of the architectures, seed {SEED}); top-k overlap = share of the k best at the high "
              "fidelity that are also among the k best at the low one; regret = high-fidelity score lost by taking "
              "the low fidelity's winner. " + matched)
     page.bullets("Fidelity agreement", [intro.strip(), *section.sentences])
@@ -231,7 +243,7 @@ def _table(section: AgreementSection) -> tuple[Table, pd.DataFrame]:
     columns = ["Low fidelity", "High fidelity", "Objective", "Shared", "Kendall τ [95%]", "Spearman ρ [95%]"]
     columns += [f"Top-{k}" for k in TOP_KS] + ["Low winner at high", "Regret"]
     rows, records = [], []
-    for low, high, o, pairs, r in section.results:
+    for (low, high, o, pairs, r), by in zip(section.results, section.by):
         overlap = [f"{round(r.top_k[k] * k)}/{k}" if k in r.top_k else DASH for k in TOP_KS]
         where = f"#{r.winner_rank} of {r.n}" if r.enough else DASH
         rows.append([low, high, o.name, str(r.n), _interval(r.tau, r.tau_lo, r.tau_hi),
@@ -242,11 +254,14 @@ def _table(section: AgreementSection) -> tuple[Table, pd.DataFrame]:
                   "spearman_lo": r.rho_lo, "spearman_hi": r.rho_hi}
         record.update({f"top{k}_overlap": r.top_k.get(k, np.nan) for k in TOP_KS})
         record.update({"low_winner": r.winner, "low_winner_rank_at_high": r.winner_rank if r.enough else np.nan,
-                       "regret": r.regret, "matched_by": section.by})
+                       "regret": r.regret, "matched_by": by})
         records.append(record)
     table = Table(columns, rows, ["l", "l", "l"] + ["r"] * (len(columns) - 3))
-    table.notes.append(f"Architectures matched by {section.by}; each side is the mean over its seeds. Intervals: "
-                       "percentile bootstrap over architectures (2,000 resamples, seed 0).")
+    keys = ", ".join(dict.fromkeys(section.by)) or "arch_hash"
+    table.notes.append(f"Architectures matched by {keys}; each side is the mean over its seeds. Intervals: "
+                       f"percentile bootstrap over architectures ({RESAMPLES:,} resamples, seed {SEED}). Top-k: "
+                       "how many of the k best at the high fidelity are among the k best at the low one, over the "
+                       "architectures scored at both.")
     for c in section.fronts:
         table.notes.append(_front_sentence(c))
     return table, pd.DataFrame.from_records(records)

@@ -21,7 +21,7 @@ import pandas as pd
 
 from hybridlab.errors import HybridlabError
 from hybridlab.metrics import Objective
-from reports.agreement import MATCH_KEYS, match_rule
+from reports.agreement import MATCH_KEYS, MIN_SHARED, match_rule
 from reports.agreement_report import (
     AGREEMENT_FILES,
     AgreementSection,
@@ -106,6 +106,9 @@ def compare(sources: Sequence[Any], results_dir: str | os.PathLike[str] = "resul
     table.notes.append(note)
     table.notes.append("Baselines take part in each study's front and best values as reference points; the "
                        "hypervolume counts searched candidates only.")
+    section, matched = fidelity_section(loaded, tops, objectives, high or names[-1], match)
+    if section is None and matched:
+        table.notes.append(matched)
     files["compare.md"] = f"# Comparison: {', '.join(names)}\n\n{table.to_markdown()}".encode()
     files["compare.csv"] = raw.to_csv(index=False).encode()
     page = Page(title=f"Comparison: {', '.join(names)}", subtitle=f"objectives: {goals(objectives)}")
@@ -115,7 +118,6 @@ def compare(sources: Sequence[Any], results_dir: str | os.PathLike[str] = "resul
         page.alerts.append(f"No finished trial yet in: {', '.join(empty)}.")
     page.figure("Pareto fronts", files["compare.png"], "Each study's front; faint points are dominated architectures.")
     page.table("Studies", table)
-    section, matched = fidelity_section(loaded, tops, objectives, high or names[-1], match)
     if section is not None:
         files.update(section.files)
         add_to_page(page, section, matched)
@@ -140,6 +142,9 @@ def fidelity_section(loaded: Sequence[StudyData], tops: Sequence[pd.DataFrame], 
                              "cannot pair architectures across studies")
     if shared == 0:
         return None, ""  # unrelated search spaces: a plain comparison, as without this section
+    if shared < MIN_SHARED:
+        return None, (f"The studies share {shared} architecture{'s' if shared > 1 else ''} (by {by}): too few "
+                      f"(under {MIN_SHARED}) for a fidelity agreement section.")
     why = {"arch_hash": "the same arch_hash (identical networks and settings)",
            "pattern": "pattern (their arch_hash differ, as settings such as the image size enter it)",
            "label": "label (neither arch_hash nor pattern match)"}[by]

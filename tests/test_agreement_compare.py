@@ -72,3 +72,12 @@ def test_unrelated_studies_get_no_agreement_section(tmp_path):
     folder = compare(["a", "other"], results_dir=tmp_path)
     assert not (folder / "agreement.csv").exists()
     assert "Fidelity agreement" not in (folder / "compare.html").read_text()
+
+
+def test_two_shared_architectures_are_too_few_for_a_section(tmp_path):
+    _study(tmp_path, "a", PROXY_TOP1, "h64", 64)
+    rows = [{"pattern": p, "top1": 50.0 + i, "throughput_img_s": 10.0 * i} for i, p in enumerate(PATTERNS[:2])]
+    write_study_folder(tmp_path, "b", make_frame(rows))
+    folder = compare(["a", "b"], results_dir=tmp_path)
+    assert not (folder / "agreement.csv").exists()
+    assert "share 2 architectures (by pattern): too few (under 3)" in (folder / "compare.md").read_text()

@@ -113,3 +113,14 @@ def test_a_study_with_one_fidelity_writes_no_agreement_files(tmp_path):
     assert not any((folder / f).exists() for f in ("agreement.md", "agreement.png", "predicted_front.png"))
     assert "fidelities" not in (folder / "summary.md").read_text()
     assert "Fidelity agreement" not in (folder / "report.html").read_text()
+
+
+def test_a_supernet_only_study_says_so_and_reports_its_rows():
+    from reports.agreement_report import split_fidelities
+
+    frame, _, _ = supernet_study(n_low=6, n_high=0)
+    split = split_fidelities(frame)
+    assert not split.several and len(split.main) == len(frame)
+    assert "Every finished searched trial is at the supernet fidelity" in split.sentence
+    full = frame[frame["is_baseline"]]
+    assert split_fidelities(full).sentence == ""
