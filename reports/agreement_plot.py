@@ -89,7 +89,7 @@ def _labelled(data: pd.DataFrame, objective: Objective, limit: int) -> pd.DataFr
 
 
 def predicted_front_plot(low: pd.DataFrame, front: np.ndarray, retrained: np.ndarray, objectives: Sequence[Objective],
-                         title: str, low_name: str, high_name: str) -> Figure:
+                         title: str, low_name: str, high_name: str = "") -> Figure:
     """All low-fidelity architectures (objective 1 on x, objective 0 on y), the low front as a staircase with
     labelled points, and rings around the architectures also trained at `high_name`."""
     oy, ox = objectives[0], objectives[1]
@@ -134,7 +134,8 @@ def predicted_front_plot(low: pd.DataFrame, front: np.ndarray, retrained: np.nda
             ax.text(0.5, 0.5, "no architecture with both objectives", transform=ax.transAxes, ha="center",
                     va="center", color="0.4")
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
-        caption = (f"Scores at the {low_name} fidelity only; rings mark the architectures whose {high_name} result "
-                   "is in the agreement section. " + note)
+        caption = f"Scores at the {low_name} fidelity only" + (
+            f"; rings mark the architectures whose {high_name} result is in the agreement section. "
+            if retrained.any() else ". ") + note
         ax.text(0.0, -0.13, caption.strip(), transform=ax.transAxes, fontsize=8.5, color="0.3", va="top", ha="left")
     return fig

@@ -24,6 +24,7 @@ from reports.agreement import (
     Agreement,
     Level,
     agree,
+    arch_keys,
     fidelity_levels,
     fidelity_ranks,
     front_mask,
@@ -41,6 +42,7 @@ AGREEMENT_FILES = ("agreement.png", "agreement.svg", "agreement.md", "agreement.
                    "predicted_front.svg")
 CROWD = 3  # a lower fidelity with this many times the top's architectures (and at least MANY) gets its front drawn
 MANY = 20
+CROWDED = 256  # a single cheap fidelity with more architectures than this: the main report keeps its front only
 
 
 @dataclass
@@ -50,19 +52,29 @@ class FidelitySplit:
     levels: list[Level]
     main: pd.DataFrame
     sentence: str = ""
+    files: dict[str, bytes] = field(default_factory=dict)  # predicted_front.* of a crowded single cheap fidelity
+    caption: str = ""
 
     @property
     def several(self) -> bool:
         return len(self.levels) >= 2
 
 
-def split_fidelities(frame: pd.DataFrame) -> FidelitySplit:
-    """Keep the top fidelity's finished trials, every baseline and every unfinished trial for the main report."""
+def split_fidelities(frame: pd.DataFrame, objectives: Sequence[Objective] = (), title: str = "") -> FidelitySplit:
+    """Keep the top fidelity's finished trials, every baseline and every unfinished trial for the main report.
+
+    A study scored only at a cheap fidelity with more than `CROWDED` architectures (a supernet before its
+    retraining) keeps the architectures of its front there, and draws all of them in predicted_front.*.
+    """
     levels = fidelity_levels(frame)
     if len(levels) == 1 and levels[0].rank != FULL_RANK:
-        return FidelitySplit(levels, frame, f"Every finished searched trial is at the {levels[0].label} fidelity "
-                             "(not stand-alone training to the full budget), and none at a higher one to check "
-                             "its ranking against.")
+        level = levels[0]
+        split = FidelitySplit(levels, frame, f"Every finished searched trial is at the {level.label} fidelity (not "
+                              "stand-alone training to the full budget), and none at a higher one to check its "
+                              "ranking against.")
+        if level.architectures > CROWDED and len(objectives) >= 2:
+            _crowded_front(split, frame, objectives, title or "study")
+        return split
     if len(levels) < 2:
         return FidelitySplit(levels, frame)
     top = levels[-1]
@@ -74,6 +86,21 @@ def split_fidelities(frame: pd.DataFrame) -> FidelitySplit:
                 f"ablation and best values use only the {top.label} results (the highest fidelity); the agreement "
                 "section checks whether each lower fidelity ranks the architectures as it does.")
     return FidelitySplit(levels, frame[keep], sentence)
+
+
+def _crowded_front(split: FidelitySplit, frame: pd.DataFrame, objectives: Sequence[Objective], title: str) -> None:
+    level = split.levels[0]
+    low = seed_means(frame, [o.name for o in objectives])
+    front = _front_of(low, objectives)
+    keep = set(low["key"][front])
+    rows = arch_keys(frame).isin(keep) | (frame["state"] != "COMPLETE") | frame["is_baseline"].astype(bool)
+    split.main = frame[rows]
+    split.sentence += (f" With {level.architectures:,} architectures, the table, Pareto front and best values show "
+                       f"the {len(keep)} on its front; the predicted front figure shows them all.")
+    fig = predicted_front_plot(low, front, np.zeros(len(low), dtype=bool), objectives,
+                               f"{title}: front predicted by {level.label} ({len(low):,} architectures)", level.label)
+    split.files["predicted_front.png"], split.files["predicted_front.svg"] = to_png(fig), to_svg(fig)
+    split.caption = f"Every architecture scored at {level.label}, its front highlighted. Vector version: predicted_front.svg."
 
 
 def _n(count: int, word: str) -> str:

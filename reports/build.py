@@ -65,7 +65,7 @@ def write_report(data: StudyData, folder: Path, echo: Echo | None = None) -> lis
     say = echo or (lambda _msg: None)
     everything, objectives = data.frame, data.objectives
     check_objectives(data)
-    split = split_fidelities(everything)
+    split = split_fidelities(everything, objectives, data.name)
     frame = split.main  # several fidelities: only the highest one's results go into tables, fronts and best values
     arch = aggregate(frame, objectives)
     counts = state_counts(everything)
@@ -136,6 +136,9 @@ def write_report(data: StudyData, folder: Path, echo: Echo | None = None) -> lis
     if section is not None:
         files.update(section.files)
         add_to_page(page, section)
+    if split.files:
+        files.update(split.files)
+        page.figure("Predicted front", split.files["predicted_front.png"], split.caption)
 
     table = architecture_table(arch, objectives, frame)
     files["table.md"] = f"# {name}: architectures\n\n{table.to_markdown()}".encode()

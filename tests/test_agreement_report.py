@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -124,3 +126,22 @@ def test_a_supernet_only_study_says_so_and_reports_its_rows():
     assert "Every finished searched trial is at the supernet fidelity" in split.sentence
     full = frame[frame["is_baseline"]]
     assert split_fidelities(full).sentence == ""
+
+
+@pytest.mark.slow
+def test_a_crowded_supernet_only_study_reports_its_front_and_draws_every_score(tmp_path, monkeypatch):
+    import reports.agreement_report as section
+
+    monkeypatch.setattr(section, "CROWDED", 30)
+    frame, _, _ = supernet_study(n_low=64, n_high=0)
+    write_study_folder(tmp_path, "scored", frame)
+    folder = build_report("scored", results_dir=tmp_path)
+    summary = (folder / "summary.md").read_text()
+    assert "Every finished searched trial is at the supernet fidelity" in summary
+    shown = re.search(r"With 64 architectures, the table, Pareto front and best values show the (\d+) on its front",
+                      summary)
+    assert shown and 1 <= int(shown.group(1)) < 64
+    table = pd.read_csv(folder / "table.csv")
+    assert len(table) == int(shown.group(1)) + 1 and table["is_baseline"].sum() == 1  # the front and the baseline
+    assert (folder / "predicted_front.png").read_bytes()[:8] == PNG_MAGIC
+    assert not (folder / "agreement.csv").exists()
