@@ -22,6 +22,7 @@ from reports.figures import axis_label, fix_singular_limits, new_figure, pad_lim
 from reports.labels import pattern_labels, place_labels, shorten
 from reports.plots import staircase
 
+CROWD_POINTS = 300  # above this many points a panel draws them small and rasterised
 MAX_LABELS = 24  # more labelled points than this are unreadable: the best ones by the high score are labelled
 
 
@@ -45,7 +46,9 @@ def agreement_plot(panels: Sequence[tuple[str, str, Objective, pd.DataFrame, Agr
             data = pairs[np.isfinite(pairs["low"].astype(float)) & np.isfinite(pairs["high"].astype(float))]
             x, y = data["low"].astype(float).to_numpy(), data["high"].astype(float).to_numpy()
             fix_singular_limits(ax, False, x, y)
-            ax.scatter(x, y, s=36, color="#0173b2", edgecolors="white", linewidths=0.6, zorder=3)
+            crowd = len(x) > CROWD_POINTS  # thousands of pairs: small rasterised points, labels avoid their own
+            ax.scatter(x, y, s=8 if crowd else 36, color="#0173b2", edgecolors="none" if crowd else "white",
+                       linewidths=0.6, zorder=3, rasterized=crowd, alpha=0.6 if crowd else 1.0)
             if result.winner:
                 w = data[data["key"] == result.winner]
                 ax.scatter(w["low"].astype(float), w["high"].astype(float), s=110, facecolors="none",
@@ -60,8 +63,8 @@ def agreement_plot(panels: Sequence[tuple[str, str, Objective, pd.DataFrame, Agr
                 labels, note = point_labels(chosen)
                 if note and note not in notes:
                     notes.append(note)
-                place_labels(fig, ax, chosen["low"].astype(float).to_numpy(), chosen["high"].astype(float).to_numpy(),
-                             labels, x, y)
+                cx, cy = chosen["low"].astype(float).to_numpy(), chosen["high"].astype(float).to_numpy()
+                place_labels(fig, ax, cx, cy, labels, cx if crowd else x, cy if crowd else y)
             else:
                 ax.text(0.5, 0.5, "no architecture at both fidelities", transform=ax.transAxes, ha="center",
                         va="center", color="0.4")
