@@ -23,7 +23,8 @@ from reports.labels import pattern_labels, place_labels, shorten
 from reports.plots import staircase
 
 CROWD_POINTS = 300  # above this many points a panel draws them small and rasterised
-MAX_LABELS = 24  # more labelled points than this are unreadable: the best ones by the high score are labelled
+MAX_LABELS = 24
+FRONT_LABELS = 16  # more labelled points than this are unreadable: the best ones by the high score are labelled
 
 
 def point_labels(rows: pd.DataFrame) -> tuple[list[str], str]:
@@ -128,8 +129,13 @@ def predicted_front_plot(low: pd.DataFrame, front: np.ndarray, retrained: np.nda
         pad_limits(ax, log)
         idx = np.flatnonzero(front)
         if len(idx):
-            idx = idx[np.argsort(x[idx], kind="stable")][:MAX_LABELS]
+            idx = idx[np.argsort(x[idx], kind="stable")]
+            total = len(idx)
+            if total > FRONT_LABELS:  # evenly spaced along the front, both ends included
+                idx = idx[np.unique(np.linspace(0, total - 1, FRONT_LABELS).round().astype(int))]
             labels, note = point_labels(low.iloc[idx])
+            if total > len(idx):
+                note = f"{len(idx)} of the {total} front points are labelled, evenly spaced. {note}"
             marked = np.flatnonzero(front | retrained)
             place_labels(fig, ax, x[idx], y[idx], labels, x[marked], y[marked], line=(sx, sy))
         else:
