@@ -4,6 +4,10 @@
 pareto.png/.svg (multi-objective) or ranking.png/.svg (single objective), hypervolume.png,
 curves.png/.svg (when trials carry learning curves),
 table.md/.csv/.tex, ablation.md/.csv/.tex (ablation studies; .tex: booktabs) and report.html (self-contained).
+A study holding several fidelities (`fidelity_rank`: supernet scores, halving rungs, full training) is
+reported on its highest one, plus agreement.md/.csv/.png/.svg (does each cheaper fidelity rank the
+architectures the same way?) and, for a crowded cheap fidelity, predicted_front.png/.svg
+(`reports.agreement_report`).
 Files from an earlier run that this run does not produce are removed, so the folder never mixes runs.
 """
 
