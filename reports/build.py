@@ -4,6 +4,10 @@
 pareto.png/.svg (multi-objective) or ranking.png/.svg (single objective), hypervolume.png,
 curves.png/.svg (when trials carry learning curves),
 table.md/.csv/.tex, ablation.md/.csv/.tex (ablation studies; .tex: booktabs) and report.html (self-contained).
+A study holding several fidelities (`fidelity_rank`: supernet scores, halving rungs, full training) is
+reported on its highest one, plus agreement.md/.csv/.png/.svg (does each cheaper fidelity rank the
+architectures the same way?) and, for a crowded cheap fidelity, predicted_front.png/.svg
+(`reports.agreement_report`).
 Files from an earlier run that this run does not produce are removed, so the folder never mixes runs.
 """
 
@@ -22,6 +26,7 @@ from hybridlab.atomic import atomic_write
 from hybridlab.errors import HybridlabError
 from hybridlab.metrics import Objective
 from reports.ablation import ablation_csv, ablation_frame, ablation_table
+from reports.agreement_report import AGREEMENT_FILES, add_to_page, agreement_section, split_fidelities, study_sides
 from reports.curves import learning_curves
 from reports.figures import to_png, to_svg
 from reports.html import Page
@@ -45,7 +50,7 @@ from studies.table import state_counts
 REPORT_FILES = ("pareto.png", "pareto.svg", "ranking.png", "ranking.svg", "hypervolume.png", "curves.png",
                 "curves.svg", "summary.md",
                 "table.md", "table.csv", "table.tex", "ablation.md", "ablation.csv", "ablation.tex",
-                "report.html")
+                "report.html", *AGREEMENT_FILES)
 Echo = Callable[[str], None]
 
 
@@ -62,16 +67,18 @@ def build_report(source: Any, results_dir: str | os.PathLike[str] = "results",
 def write_report(data: StudyData, folder: Path, echo: Echo | None = None) -> list[str]:
     """Write every report file for already loaded study data; return the file names written."""
     say = echo or (lambda _msg: None)
-    frame, objectives = data.frame, data.objectives
+    everything, objectives = data.frame, data.objectives
     check_objectives(data)
+    split = split_fidelities(everything, objectives, data.name)
+    frame = split.main  # several fidelities: only the highest one's results go into tables, fronts and best values
     arch = aggregate(frame, objectives)
-    counts = state_counts(frame)
+    counts = state_counts(everything)
     files: dict[str, bytes] = {}
     page = Page(title=f"Study report: {data.name}", subtitle=_subtitle(data))
-    page.cards = _cards(frame, arch, objectives, counts)
+    page.cards = _cards(everything, arch, objectives, counts)
     name = data.name
 
-    if frame.empty:
+    if everything.empty:
         message = f"study {name!r} has no trials yet"
     elif arch.empty:
         pending = ", ".join(f"{n} {s.lower()}" for s, n in counts.items())
@@ -82,7 +89,7 @@ def write_report(data: StudyData, folder: Path, echo: Echo | None = None) -> lis
         page.alerts.append(message[0].upper() + message[1:] + ".")
     unfinished = sum(n for s, n in counts.items() if s != "COMPLETE")
     if unfinished and not arch.empty:
-        page.alerts.append(f"{unfinished} of {len(frame)} trials are not finished (running, waiting, failed or "
+        page.alerts.append(f"{unfinished} of {len(everything)} trials are not finished (running, waiting, failed or "
                            "pruned): they are listed below and not plotted.")
     page.alerts += [data.scrub(note) for note in data.notes]
 
@@ -122,10 +129,20 @@ def write_report(data: StudyData, folder: Path, echo: Echo | None = None) -> lis
         default = data.ablation.get("default_label")
         default = str(default) if default else None
         abl = ablation_frame(frame, objectives, default, data.ablation.get("names"))
-    said = findings(frame, arch, objectives, abl, default)
+    said = ([split.sentence] if split.sentence else []) + findings(frame, arch, objectives, abl, default)
+    section = agreement_section(study_sides(everything, split.levels), objectives, name) if split.several else None
+    if section is not None:
+        said += section.sentences
     if said:
         files["summary.md"] = (f"# {name}: what the data can tell\n\n" + "".join(f"- {s}\n" for s in said)).encode()
-        page.bullets("What the data can tell", said, first=True)
+        page.bullets("What the data can tell", [s for s in said if section is None or s not in section.sentences],
+                     first=True)
+    if section is not None:
+        files.update(section.files)
+        add_to_page(page, section)
+    if split.files:
+        files.update(split.files)
+        page.figure("Predicted front", split.files["predicted_front.png"], split.caption)
 
     table = architecture_table(arch, objectives, frame)
     files["table.md"] = f"# {name}: architectures\n\n{table.to_markdown()}".encode()
@@ -155,7 +172,7 @@ def write_report(data: StudyData, folder: Path, echo: Echo | None = None) -> lis
 
     write_files(folder, files, REPORT_FILES, data.scrub)
     if message:
-        say(data.scrub(f"{message}; wrote a {'minimal' if frame.empty else 'partial'} report to {folder}"))
+        say(data.scrub(f"{message}; wrote a {'minimal' if everything.empty else 'partial'} report to {folder}"))
     else:
         say(f"wrote the report of study {name!r} ({counts.get('COMPLETE', 0)} finished trials, {len(arch)} "
             f"architectures) to {folder}")

@@ -1,7 +1,10 @@
 """Several studies side by side: their Pareto fronts on one plot, a table, and a check that they compare.
 
-`compare` writes compare.png/.svg, compare.md/.csv and compare.html. The studies must share their
-objectives; the hypervolume uses one reference point for all of them (given, or from the rule of
+`compare` writes compare.png/.svg, compare.md/.csv and compare.html. When the studies hold the same
+architectures (a low-resolution proxy and the full study, say) it adds the agreement section of
+`reports.agreement_report` (agreement.md/.csv/.png/.svg): each study against the high-fidelity one (the last
+given, or `high`), architectures matched by the rule of `reports.agreement.match_rule`. A study holding
+several fidelities takes part with its highest one. The studies must share their objectives; the hypervolume uses one reference point for all of them (given, or from the rule of
 `reports.hypervolume.reference_point`), checked to be worse than every point. Studies trained on
 different datasets or image sizes are compared all the same, with a one-line warning each.
 """
@@ -18,6 +21,15 @@ import pandas as pd
 
 from hybridlab.errors import HybridlabError
 from hybridlab.metrics import Objective
+from reports.agreement import MATCH_KEYS, MIN_SHARED, match_rule
+from reports.agreement_report import (
+    AGREEMENT_FILES,
+    AgreementSection,
+    Side,
+    add_to_page,
+    agreement_section,
+    split_fidelities,
+)
 from reports.build import Echo, check_objectives, goals, html_scrub, write_files
 from reports.figures import to_png, to_svg
 from reports.html import Page
@@ -27,16 +39,19 @@ from reports.pareto import aggregate, finished_rows, to_minimization
 from reports.plots import compare_plot
 from reports.tables import Table, fmt_metric, header
 
-COMPARE_FILES = ("compare.png", "compare.svg", "compare.md", "compare.csv", "compare.html")
+COMPARE_FILES = ("compare.png", "compare.svg", "compare.md", "compare.csv", "compare.html", *AGREEMENT_FILES)
 
 
 def compare(sources: Sequence[Any], results_dir: str | os.PathLike[str] = "results",
             out: str | os.PathLike[str] | None = None, echo: Echo | None = None,
-            reference: Sequence[float] | dict[str, float] | None = None) -> Path:
+            reference: Sequence[float] | dict[str, float] | None = None, high: str | None = None,
+            match: str | None = None) -> Path:
     """Fronts of several studies on one plot plus a small table; return the output folder.
 
     The studies must share their objectives. `reference` (objective order, or by name) overrides the
-    reference point, which is otherwise the first study's manifest one or the rule's.
+    reference point, which is otherwise the first study's manifest one or the rule's. `high` names the
+    high-fidelity study of the agreement section (default: the last one); `match` forces its matching key
+    (arch_hash, pattern or label; default: the one sharing the most architectures).
     """
     say = echo or (lambda _msg: None)
     if len(sources) < 2:
@@ -56,7 +71,15 @@ def compare(sources: Sequence[Any], results_dir: str | os.PathLike[str] = "resul
         raise HybridlabError("compare plots Pareto fronts and needs at least two objectives")
     for d in loaded:
         check_objectives(d)
-    archs = [(d.name, aggregate(d.frame, objectives)) for d in loaded]
+    if high is not None and high not in names:
+        given = [str(s) for s in sources]
+        if high not in given:
+            raise HybridlabError(f"--high {high}: not one of the compared studies ({', '.join(names)})")
+        high = names[given.index(high)]
+    if match is not None and match not in MATCH_KEYS:
+        raise HybridlabError(f"--match {match}: expected one of {', '.join(MATCH_KEYS)}")
+    tops = [split_fidelities(d.frame).main for d in loaded]  # a study with several fidelities: its highest one
+    archs = [(d.name, aggregate(top, objectives)) for d, top in zip(loaded, tops)]
     empty = [n for n, a in archs if a.empty]
     if len(empty) == len(archs):
         raise HybridlabError(f"no finished trial in any of the studies {', '.join(names)}")
@@ -83,6 +106,9 @@ def compare(sources: Sequence[Any], results_dir: str | os.PathLike[str] = "resul
     table.notes.append(note)
     table.notes.append("Baselines take part in each study's front and best values as reference points; the "
                        "hypervolume counts searched candidates only.")
+    section, matched = fidelity_section(loaded, tops, objectives, high or names[-1], match)
+    if section is None and matched:
+        table.notes.append(matched)
     files["compare.md"] = f"# Comparison: {', '.join(names)}\n\n{table.to_markdown()}".encode()
     files["compare.csv"] = raw.to_csv(index=False).encode()
     page = Page(title=f"Comparison: {', '.join(names)}", subtitle=f"objectives: {goals(objectives)}")
@@ -92,6 +118,10 @@ def compare(sources: Sequence[Any], results_dir: str | os.PathLike[str] = "resul
         page.alerts.append(f"No finished trial yet in: {', '.join(empty)}.")
     page.figure("Pareto fronts", files["compare.png"], "Each study's front; faint points are dominated architectures.")
     page.table("Studies", table)
+    if section is not None:
+        files.update(section.files)
+        add_to_page(page, section, matched)
+        say(matched)
     page.files(sorted(files) + ["compare.html"])
     secrets = tuple(s for d in loaded for s in d.secrets)
     scrubber = html_scrub(StudyData(name="", frame=pd.DataFrame(), objectives=[], secrets=secrets))
@@ -99,6 +129,31 @@ def compare(sources: Sequence[Any], results_dir: str | os.PathLike[str] = "resul
     write_files(folder, files, COMPARE_FILES, scrubber)
     say(f"wrote the comparison of {', '.join(repr(n) for n in names)} to {folder}")
     return folder
+
+
+def fidelity_section(loaded: Sequence[StudyData], tops: Sequence[pd.DataFrame], objectives: Sequence[Objective],
+                     high: str, match: str | None) -> tuple[AgreementSection | None, str]:
+    """The agreement section of each study against the `high` one, and a sentence on how they were matched."""
+    names = [d.name for d in loaded]
+    target = names.index(high)
+    by, shared = match_rule(tops, match)
+    if match and not by:
+        raise HybridlabError(f"--match {match}: some {match} names several architectures inside one study, so it "
+                             "cannot pair architectures across studies")
+    if shared == 0:
+        return None, ""  # unrelated search spaces: a plain comparison, as without this section
+    if shared < MIN_SHARED:
+        return None, (f"The studies share {shared} architecture{'s' if shared > 1 else ''} (by {by}): too few "
+                      f"(under {MIN_SHARED}) for a fidelity agreement section.")
+    why = {"arch_hash": "the same arch_hash (identical networks and settings)",
+           "pattern": "pattern (their arch_hash differ, as settings such as the image size enter it)",
+           "label": "label (neither arch_hash nor pattern match)"}[by]
+    rule = "given with --match" if match else "the key that pairs the most architectures"
+    matched = (f"Fidelity agreement: {names[target]} is the high fidelity; architectures matched by {why}, "
+               f"{shared} shared ({rule}).")
+    pairs = [(Side(names[i], tops[i]), Side(names[target], tops[target])) for i in range(len(loaded)) if i != target]
+    title = " vs ".join(names)
+    return agreement_section(pairs, objectives, title, by=by), matched
 
 
 def setup_warnings(loaded: Sequence[StudyData]) -> list[str]:
