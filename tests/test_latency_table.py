@@ -62,8 +62,9 @@ def toy():
     try:
         spec = toy_spec()
         readers = GuardReaders(wall=clock, cpu=clock, load1=lambda: 0.0, cores=lambda: 1, sleep=lambda s: None)
-        table = LatencyTable.measure(spec, POSITIONS, CHOICES, PROFILE, rounds=2, seed=0, guard=ContentionGuard(readers=readers))
-        yield table, clock
+        guard = ContentionGuard(readers=readers)
+        table = LatencyTable.measure(spec, POSITIONS, CHOICES, PROFILE, rounds=2, seed=0, guard=guard)
+        yield table, clock, guard
     finally:
         windows_module.window_partition = original
         handle.remove()
@@ -80,7 +81,7 @@ def _fake_model_seconds(table: LatencyTable, layout, clock: FakeClock) -> float:
 
 
 def test_entries_cover_fixed_parts_every_choice_at_every_position_and_each_window(toy):
-    table, _ = toy
+    table, *_ = toy
     keys = set(table.entries)
     assert {"stem", "level0", "downsample1", "head", "block1.0:C"} <= keys  # stage 1 has no position: one part
     assert {f"block{s}.{j}:{c}" for (s, j) in POSITIONS for c in CHOICES} <= keys
@@ -92,7 +93,7 @@ def test_entries_cover_fixed_parts_every_choice_at_every_position_and_each_windo
 
 
 def test_prediction_is_the_sum_of_the_entries_the_layout_uses(toy):
-    table, _ = toy
+    table, *_ = toy
     layout = ("M", "C", "A", "A")  # stage 2: C M C -> one segment of window 4; stage 3: A A -> one segment
     expected = ["stem", "level0", "downsample1", "head", "block1.0:C", "block1.1:M", "block1.2:C", "window1:4",
                 "block2.0:A", "block2.1:A", "window2:2"]  # fmt: skip
@@ -113,12 +114,12 @@ def test_prediction_is_the_sum_of_the_entries_the_layout_uses(toy):
                                     ("M", "A[window=3]", "A", "C"), ("C", "M", "A[window=3]", "M")])  # fmt: skip
 def test_prediction_equals_the_whole_models_fake_time(toy, layout):
     """Every part the model runs is in the sum exactly once, at the shape the model runs it."""
-    table, clock = toy
+    table, clock, _ = toy
     assert table.predict(layout).seconds == pytest.approx(_fake_model_seconds(table, layout, clock), rel=1e-9)
 
 
 def test_every_probe_input_has_the_shape_the_model_feeds_that_part(toy):
-    table, _ = toy
+    table, *_ = toy
     for layout in [("M", "A", "M", "A"), ("C", "A[window=3]", "A[window=3]", "C"), ("A[window=3]", "C", "M", "A")]:
         model = table.base.with_settings(pattern=table.pattern(layout)).build().eval()
         seen: dict[str, list[int]] = {}
@@ -143,7 +144,7 @@ def test_every_probe_input_has_the_shape_the_model_feeds_that_part(toy):
 
 
 def test_json_round_trip_keeps_every_entry_and_prediction(toy, tmp_path):
-    table, _ = toy
+    table, *_ = toy
     table.calibrate({("M", "A", "M", "A"): table.predict(("M", "A", "M", "A")).seconds + 0.5})
     path = table.save(tmp_path / "latency_table.json")
     loaded = LatencyTable.load(path)
@@ -157,7 +158,7 @@ def test_json_round_trip_keeps_every_entry_and_prediction(toy, tmp_path):
 
 
 def test_calibrate_fits_the_median_gap_as_a_constant(toy):
-    table, _ = toy
+    table, *_ = toy
     layouts = [("M", "A", "M", "A"), ("C", "C", "C", "C"), ("M", "M", "M", "M")]
     raw = {lay: table.predict(lay).seconds for lay in layouts}
     overhead = table.calibrate({lay: raw[lay] + gap for lay, gap in zip(layouts, (0.1, 0.3, 0.2))})
@@ -186,7 +187,7 @@ def test_calibrate_fits_the_median_gap_as_a_constant(toy):
     ],
 )
 def test_bad_layouts_give_one_line_errors(toy, layout, message):
-    table, _ = toy
+    table, *_ = toy
     with pytest.raises(ConfigError) as info:
         table.predict(layout)
     assert str(info.value).startswith(message)
@@ -224,3 +225,18 @@ def test_token_segments_follow_the_models_partition_rule():
     assert token_segments([4, 4, None, 4, 3, 3]) == [4, 4, 3]
     assert token_segments([None, None]) == []
     assert token_segments([7]) == [7]
+
+
+def test_layouts_timed_whole_in_the_same_rounds_calibrate_the_overhead(toy):
+    """Under the fake clock a whole model costs exactly its parts, so the fitted overhead is zero; a layout
+    timed whole is stored as an entry but is never part of a sum."""
+    _, _, guard = toy
+    layouts = [("M", "C", "A", "A"), "C | C A[window=3] M | C A"]
+    table = LatencyTable.measure(toy_spec(), POSITIONS, CHOICES, PROFILE, rounds=1, guard=guard, calibrate_on=layouts)
+    assert {k for k in table.entries if k.startswith("model:")} == {"model:C | C M C | A*2", "model:C | C A[window=3] M | C A"}
+    assert table.overhead_s["wall"] == pytest.approx(0.0, abs=1e-12)
+    assert table.overhead_s["cpu"] == pytest.approx(0.0, abs=1e-12)
+    assert table.calibrated_on == sorted(["C | C M C | A*2", "C | C A[window=3] M | C A"])
+    assert not any(k.startswith("model:") for k in table.predict(layouts[0]).keys)
+    with pytest.raises(ConfigError, match=r"^latency_table\.calibrate_on\.layout: has 1 choices"):
+        LatencyTable.measure(toy_spec(), POSITIONS, CHOICES, PROFILE, rounds=1, calibrate_on=[("M",)])

@@ -151,10 +151,16 @@ def _materialise(t: torch.Tensor) -> torch.Tensor:
 
 
 def build_probes(
-    base: ModelSpec, positions: list[Position], choices: list[BlockSpec], profile: MeasureProfile, device: torch.device
+    base: ModelSpec,
+    positions: list[Position],
+    choices: list[BlockSpec],
+    profile: MeasureProfile,
+    device: torch.device,
+    whole: Sequence[str] = (),
 ) -> tuple[list[Probe], dict[str, Any]]:
     """Every probe of the table, and the layout facts `predict` needs: for each searched stage its slots
-    (fixed block text + window, or the index of a searchable position) and each choice's window there."""
+    (fixed block text + window, or the index of a searchable position) and each choice's window there.
+    `whole`: patterns also timed as whole models (key `model:<pattern>`), to calibrate the overhead."""
     pattern = base.parsed
     torch.manual_seed(profile.seed)
     base_model = base.build().to(device).eval()
@@ -198,6 +204,10 @@ def build_probes(
         for w in sorted(w for w in used if w is not None):
             probes.append(Probe(f"window{s}:{w}", "window", lambda t, w=w: in_windows(t, w, _materialise),
                                 seen[f"level{s}"], stage=s, window=w))  # fmt: skip
+    for text in whole:
+        torch.manual_seed(profile.seed)
+        model = base.with_settings(pattern=text).build().to(device).eval()
+        probes.append(Probe(f"model:{text}", "model", model, seen["stem"]))
     if profile.channels_last:
         for probe in probes:
             if probe.input.dim() == 4:

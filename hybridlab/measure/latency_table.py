@@ -130,13 +130,15 @@ class LatencyTable:
         seed: int = 0,
         guard: Any = None,
         progress: Callable[[int, str], None] | None = None,
+        calibrate_on: Sequence[str | Sequence[str]] = (),
     ) -> LatencyTable:
         """Time every part of `base` (a ModelSpec or a pattern) and every choice at every position.
 
         `positions`: 0-based (stage, block) pairs (None: every block of the stages holding token blocks);
         `choices`: block texts. Timing is inference (torch.inference_mode) at the profile's batch, image
         size, device, precision and threads, in `rounds` interleaved rounds (seeded order), each window
-        judged by a fresh copy of `guard` (default: the standard ContentionGuard).
+        judged by a fresh copy of `guard` (default: the standard ContentionGuard). `calibrate_on`: layouts
+        also timed whole in the same rounds (entries `model:<pattern>`); the overhead is fitted on them.
         """
         import torch
 
@@ -164,10 +166,15 @@ class LatencyTable:
         if not texts or len(set(texts)) != len(texts):
             raise ConfigError(f"expected distinct block texts, got {list(choices)!r}", "latency_table.choices")
         pos = check_positions(base.parsed, positions)
+        draft = cls(base, pos, texts, {}, {}, {}, profile.batch_size, profile.to_dict(), {}, rounds, seed)
+        try:
+            whole = list(dict.fromkeys(draft.pattern(layout) for layout in calibrate_on))  # checks the layouts too
+        except ConfigError as exc:
+            raise exc.within("latency_table.calibrate_on") from None
         device = torch.device(profile.device)
         with numeric_settings(profile):
             env = collect_env(device, profile.precision, profile.channels_last, profile.compile)
-            probes, layout = build_probes(base, pos, specs, profile, device)
+            probes, layout = build_probes(base, pos, specs, profile, device, whole)
             timings = time_probes(probes, profile, device, rounds=rounds, seed=seed, guard=guard, progress=progress)
             free_memory(device)
         entries = {}
@@ -175,7 +182,7 @@ class LatencyTable:
             t = timings[p.key]
             entries[p.key] = LatencyEntry(p.key, p.kind, p.shape, t.iters, t.wall_s, t.cpu_s, p.stage, p.index,
                                           p.choice, p.window, t.noisy, t.noisy_reason)  # fmt: skip
-        return cls(
+        table = cls(
             base=base,
             positions=pos,
             choices=texts,
@@ -189,6 +196,10 @@ class LatencyTable:
             seed=seed,
             created=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         )
+        if whole:
+            for basis in BASES:
+                table.calibrate({text: entries[f"model:{text}"].median(basis) for text in whole}, basis)
+        return table
 
     # -- layouts ------------------------------------------------------------------------------------
     def layout_choices(self, layout: str | Sequence[str]) -> tuple[str, ...]:
