@@ -39,23 +39,24 @@ from hybridlab.measure.record import MeasureProfile  # noqa: E402
 from hybridlab.measure.side_by_side import measure_side_by_side  # noqa: E402
 from search_space.families import TABLE5, stage_layout  # noqa: E402
 
+CHOICES = ["M", "A"]
+
 
 def base_spec(path: Path) -> ModelSpec:
     model = dict(yaml.safe_load(path.read_text())["model"])
     return ModelSpec.create(model.pop("pattern"), num_classes=10, **model)
 
 
-def layouts(table: LatencyTable, n_random: int, seed: int, avoid: tuple = ()) -> dict[str, tuple[str, ...]]:
+def layouts(depths: list[int], n_random: int, seed: int, avoid: tuple = ()) -> dict[str, tuple[str, ...]]:
     """{label: per-position choices}: the Table 5 families on both searched stages, all-M and all-A, then
     `n_random` seeded random layouts different from those and from `avoid`."""
-    depths = [len(table.stages[s]) for s in sorted(table.stages)]
     out = {}
     for family in [*TABLE5, "mixer_only", "attn_only"]:
         out[family] = tuple(c for d in depths for c in stage_layout(family, d))
     rng = random.Random(seed)
     fixed = len(out)
     while len(out) < fixed + n_random:
-        lay = tuple(rng.choice(table.choices) for _ in table.positions)
+        lay = tuple(rng.choice(CHOICES) for _ in range(sum(depths)))
         if lay not in out.values() and lay not in avoid:
             out[f"random_{len(out) - fixed + 1}"] = lay
     return out
@@ -90,37 +91,46 @@ def uptime() -> str:
         return f"load average {os.getloadavg()}"
 
 
-def report(table: LatencyTable, labels: dict[str, tuple[str, ...]], rows: dict[str, dict], basis: str) -> None:
-    """Print one basis' comparison: the plain sum of entries, and the sum plus the table's fitted overhead."""
-    key = "throughput_img_s" if basis == "wall" else "throughput_cpu_img_s"
-    measured = {label: rows[label][key] for label in labels}
+def summary(name: str, predicted: dict[str, float], measured: dict[str, float]) -> str:
+    errors = [abs(predicted[k] / measured[k] - 1) for k in measured]
+    rho = spearman([predicted[k] for k in measured], list(measured.values()))
+    return f"- {name}: median |error| {statistics.median(errors):.1%}, max {max(errors):.1%}; Spearman rho {rho:+.3f}"
+
+
+def report(table: LatencyTable, labels: dict[str, tuple[str, ...]], rows: dict[str, dict], basis: str, reference: str) -> None:
+    """Print one basis' comparison: predictions against the layouts timed whole in the table's own rounds,
+    against the separate side-by-side session, and as ratios to the reference layout."""
+    key, rel_key = ("throughput_img_s", "throughput_rel") if basis == "wall" else ("throughput_cpu_img_s", "throughput_cpu_rel")
+    batch = table.batch_size
+    same = {k: batch / table.whole(lay).median(basis) for k, lay in labels.items()}
+    side = {k: rows[k][key] for k in labels}
+    side_rel = {k: rows[k][rel_key] for k in labels}
+    pred = {k: table.predict(lay, basis).img_s for k, lay in labels.items()}
     overhead = table.overhead_s[basis]
-    cal = {label: table.predict(lay, basis).img_s for label, lay in labels.items()}
     table.overhead_s[basis] = 0.0
-    raw = {label: table.predict(lay, basis).img_s for label, lay in labels.items()}
+    raw = {k: table.predict(lay, basis).img_s for k, lay in labels.items()}
     table.overhead_s[basis] = overhead
+    pred_rel = {k: pred[k] / pred[reference] for k in labels}
     n3 = len(table.stages[min(table.stages)])
-    print("| layout | stage 3 | stage 4 | measured img/s | predicted: sum | error | predicted: sum + overhead | error |")
-    print("|---|---|---|---:|---:|---:|---:|---:|")
-    for label, lay in labels.items():
-        e_raw, e_cal = raw[label] / measured[label] - 1, cal[label] / measured[label] - 1
-        print(f"| {label} | {''.join(lay[:n3])} | {''.join(lay[n3:])} | {measured[label]:,.1f} | {raw[label]:,.1f} | "
-              f"{e_raw:+.1%} | {cal[label]:,.1f} | {e_cal:+.1%} |")  # fmt: skip
-    abs_raw = sorted(abs(raw[k] / measured[k] - 1) for k in labels)
-    abs_cal = sorted(abs(cal[k] / measured[k] - 1) for k in labels)
-    m = [measured[k] for k in labels]
+    print("| layout | stage 3 | stage 4 | predicted | measured, table's rounds | error | measured, side by side | error "
+          "| predicted / ref. | measured / ref. (side by side) | error |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for k, lay in labels.items():
+        print(f"| {k} | {''.join(lay[:n3])} | {''.join(lay[n3:])} | {pred[k]:,.1f} | {same[k]:,.1f} | "
+              f"{pred[k] / same[k] - 1:+.1%} | {side[k]:,.1f} | {pred[k] / side[k] - 1:+.1%} | {pred_rel[k]:.3f} | "
+              f"{side_rel[k]:.3f} | {pred_rel[k] / side_rel[k] - 1:+.1%} |")  # fmt: skip
     print()
-    print(f"- sum of entries: median |error| {statistics.median(abs_raw):.1%}, max {max(abs_raw):.1%}; "
-          f"Spearman rho {spearman([raw[k] for k in labels], m):.3f}")
-    print(f"- sum + overhead ({overhead * 1e3:+.1f} ms per batch, fitted on the calibration layouts timed whole in the "
-          f"table's rounds): median |error| {statistics.median(abs_cal):.1%}, max {max(abs_cal):.1%}; "
-          f"Spearman rho {spearman([cal[k] for k in labels], m):.3f}")  # fmt: skip
+    print(f"Predicted = sum of entries + overhead ({overhead * 1e3:+.1f} ms per batch, fitted on the calibration layouts).")
+    print()
+    print(summary("against the same layouts timed whole in the table's rounds", pred, same))
+    print(summary("same, plain sum without the overhead", raw, same))
+    print(summary("against the separate side-by-side session", pred, side))
+    print(summary(f"ratios to {reference} against the side-by-side ratios", pred_rel, side_rel))
+    for name, values in (("table's rounds", same), ("side by side", side)):
+        print(f"- measured spread across layouts ({name}): fastest / slowest = {max(values.values()) / min(values.values()):.3f}")
     if basis == "wall":
-        rel_iqr = [(rows[k]["throughput_hi"] - rows[k]["throughput_lo"]) / rows[k]["throughput_img_s"] for k in labels]
-        print(f"- measured spread across layouts: fastest / slowest = {max(m) / min(m):.3f}; median IQR of one layout's "
-              f"rounds = {statistics.median(rel_iqr):.1%} of its median")  # fmt: skip
-    else:
-        print(f"- measured spread across layouts: fastest / slowest = {max(m) / min(m):.3f}")
+        iqr = [(rows[k]["throughput_hi"] - rows[k]["throughput_lo"]) / rows[k]["throughput_img_s"] for k in labels]
+        print(f"- median IQR of one layout's side-by-side rounds: {statistics.median(iqr):.1%} of its median")
     print()
 
 
@@ -143,20 +153,20 @@ def main() -> int:
     profile = MeasureProfile(device="cpu", batch_size=args.batch, img_size=32, in_chans=3, num_classes=10,
                              warmup_iters=2, warmup_s=0.2, window_s=args.window_s, threads=args.threads,
                              figures=("throughput",))  # fmt: skip
+    depths = [len(st) for st in spec.parsed.stages if any(b.block_type.is_token for b in st)]
+    rng = random.Random(f"calibration-{args.seed}")
+    calibration = [tuple(rng.choice(CHOICES) for _ in range(sum(depths))) for _ in range(args.calibrate)]
+    labels = layouts(depths, args.random, args.seed, avoid=tuple(calibration))
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     load_before = uptime()
     t0 = time.perf_counter()
-    rng = random.Random(f"calibration-{args.seed}")
-    n_positions = sum(len(st) for st in spec.parsed.stages if any(b.block_type.is_token for b in st))
-    calibration = [tuple(rng.choice(["M", "A"]) for _ in range(n_positions)) for _ in range(args.calibrate)]
-    table = LatencyTable.measure(spec, None, ["M", "A"], profile, rounds=args.rounds, seed=args.seed,
-                                 calibrate_on=calibration)  # fmt: skip
+    table = LatencyTable.measure(spec, None, CHOICES, profile, rounds=args.rounds, seed=args.seed,
+                                 calibrate_on=calibration, check_on=list(labels.values()))  # fmt: skip
     table_s = time.perf_counter() - t0
     load_mid = uptime()
     print(f"table: {len(table.entries)} entries in {table_s:.0f} s; {load_mid}", file=sys.stderr, flush=True)
     if args.table_json:
         table.save(args.table_json)
-    labels = layouts(table, args.random, args.seed, avoid=tuple(calibration))
     specs = {label: spec.with_settings(pattern=table.pattern(lay)) for label, lay in labels.items()}
     t0 = time.perf_counter()
     side = measure_side_by_side(specs, profile, rounds=args.rounds, reference="attn_last_half", seed=args.seed)
@@ -179,7 +189,7 @@ def main() -> int:
     for basis, title in (("wall", "Wall-clock img/s"), ("cpu", "Images per CPU-second of the measuring process")):
         print(f"## {title}")
         print()
-        report(table, labels, rows, basis)
+        report(table, labels, rows, basis, "attn_last_half")
     print("## Table entries (median ms per batch; wall / CPU)")
     print()
     print("| part | input | wall ms | CPU ms | flagged |")

@@ -232,8 +232,12 @@ def test_layouts_timed_whole_in_the_same_rounds_calibrate_the_overhead(toy):
     timed whole is stored as an entry but is never part of a sum."""
     _, _, guard = toy
     layouts = [("M", "C", "A", "A"), "C | C A[window=3] M | C A"]
-    table = LatencyTable.measure(toy_spec(), POSITIONS, CHOICES, PROFILE, rounds=1, guard=guard, calibrate_on=layouts)
-    assert {k for k in table.entries if k.startswith("model:")} == {"model:C | C M C | A*2", "model:C | C A[window=3] M | C A"}
+    table = LatencyTable.measure(toy_spec(), POSITIONS, CHOICES, PROFILE, rounds=1, guard=guard, calibrate_on=layouts,
+                                 check_on=[("M", "M", "M", "M")])  # fmt: skip
+    assert table.whole(("M", "M", "M", "M")).median() == pytest.approx(table.predict(("M", "M", "M", "M")).seconds)
+    assert table.whole(("A", "M", "M", "M")) is None
+    assert {k for k in table.entries if k.startswith("model:")} == {"model:C | C M C | A*2", "model:C | C A[window=3] M | C A",
+                                                                   "model:C | C M*2 | M*2"}
     assert table.overhead_s["wall"] == pytest.approx(0.0, abs=1e-12)
     assert table.overhead_s["cpu"] == pytest.approx(0.0, abs=1e-12)
     assert table.calibrated_on == sorted(["C | C M C | A*2", "C | C A[window=3] M | C A"])

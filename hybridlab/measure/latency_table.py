@@ -131,6 +131,7 @@ class LatencyTable:
         guard: Any = None,
         progress: Callable[[int, str], None] | None = None,
         calibrate_on: Sequence[str | Sequence[str]] = (),
+        check_on: Sequence[str | Sequence[str]] = (),
     ) -> LatencyTable:
         """Time every part of `base` (a ModelSpec or a pattern) and every choice at every position.
 
@@ -139,6 +140,7 @@ class LatencyTable:
         size, device, precision and threads, in `rounds` interleaved rounds (seeded order), each window
         judged by a fresh copy of `guard` (default: the standard ContentionGuard). `calibrate_on`: layouts
         also timed whole in the same rounds (entries `model:<pattern>`); the overhead is fitted on them.
+        `check_on`: layouts timed whole in the same rounds but not fitted on (to check predictions against).
         """
         import torch
 
@@ -167,10 +169,15 @@ class LatencyTable:
             raise ConfigError(f"expected distinct block texts, got {list(choices)!r}", "latency_table.choices")
         pos = check_positions(base.parsed, positions)
         draft = cls(base, pos, texts, {}, {}, {}, profile.batch_size, profile.to_dict(), {}, rounds, seed)
-        try:
-            whole = list(dict.fromkeys(draft.pattern(layout) for layout in calibrate_on))  # checks the layouts too
-        except ConfigError as exc:
-            raise exc.within("latency_table.calibrate_on") from None
+        fitted, whole = [], []
+        for name, given in (("calibrate_on", calibrate_on), ("check_on", check_on)):
+            try:
+                texts_of = [draft.pattern(layout) for layout in given]  # checks the layouts too
+            except ConfigError as exc:
+                raise exc.within(f"latency_table.{name}") from None
+            fitted += texts_of if name == "calibrate_on" else []
+            whole += texts_of
+        fitted, whole = list(dict.fromkeys(fitted)), list(dict.fromkeys(whole))
         device = torch.device(profile.device)
         with numeric_settings(profile):
             env = collect_env(device, profile.precision, profile.channels_last, profile.compile)
@@ -196,9 +203,9 @@ class LatencyTable:
             seed=seed,
             created=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         )
-        if whole:
+        if fitted:
             for basis in BASES:
-                table.calibrate({text: entries[f"model:{text}"].median(basis) for text in whole}, basis)
+                table.calibrate({text: entries[f"model:{text}"].median(basis) for text in fitted}, basis)
         return table
 
     # -- layouts ------------------------------------------------------------------------------------
@@ -287,6 +294,10 @@ class LatencyTable:
         self.overhead_s[basis] = float(statistics.median(gaps))
         self.calibrated_on = sorted({self.pattern(layout) for layout in measured} | set(self.calibrated_on))
         return self.overhead_s[basis]
+
+    def whole(self, layout: str | Sequence[str]) -> LatencyEntry | None:
+        """The layout's own timing when it was timed whole in the table's rounds (calibrate_on / check_on)."""
+        return self.entries.get(f"model:{self.pattern(layout)}")
 
     @property
     def warnings(self) -> list[str]:
