@@ -202,7 +202,9 @@ def main() -> int:
     print(f"Contention guard: {flagged} of {len(table.entries)} table entries and {len(side.warnings)} of {len(labels)} "
           f"layouts had windows that stayed contended.")  # fmt: skip
     if args.json:
-        Path(args.json).write_text(json.dumps(side.to_dict(), indent=1, default=str))
+        meta = {"started": started, "load": [load_before, load_mid, load_after], "table_s": table_s, "side_s": side_s,
+                "layouts": {k: list(v) for k, v in labels.items()}, "calibration": [list(c) for c in calibration]}
+        Path(args.json).write_text(json.dumps({"meta": meta, "side_by_side": side.to_dict()}, indent=1, default=str))
     if args.table_json:
         table.save(args.table_json)  # with the fitted overheads
     return 0

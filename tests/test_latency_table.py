@@ -244,3 +244,19 @@ def test_layouts_timed_whole_in_the_same_rounds_calibrate_the_overhead(toy):
     assert not any(k.startswith("model:") for k in table.predict(layouts[0]).keys)
     with pytest.raises(ConfigError, match=r"^latency_table\.calibrate_on\.layout: has 1 choices"):
         LatencyTable.measure(toy_spec(), POSITIONS, CHOICES, PROFILE, rounds=1, calibrate_on=[("M",)])
+
+
+def test_pooling_shares_one_figure_between_positions_that_run_the_same_module_at_the_same_input(toy):
+    table, *_ = toy
+    copy = LatencyTable.from_dict(table.to_dict())
+    copy.entries["block1.1:M"].wall_s = [1.0, 1.0, 1.0]
+    copy.entries["block1.2:M"].wall_s = [3.0, 3.0, 3.0]
+    both, first = ("M", "M", "C", "C"), ("M", "C", "C", "C")
+    copy.pool = False
+    assert copy.predict(both).seconds - copy.predict(first).seconds == pytest.approx(3.0 - table.entries["block1.2:C"].median())
+    pooled = LatencyTable.from_dict(copy.to_dict())  # `pool` is stored
+    assert pooled.pool is False
+    pooled.pool = True
+    assert pooled.cost("block1.1:M")[0] == pooled.cost("block1.2:M")[0] == 2.0
+    assert pooled.cost("block2.0:M")[0] == table.entries["block2.0:M"].median()  # another stage: its own rounds
+    assert pooled.predict(both).seconds - pooled.predict(first).seconds == pytest.approx(2.0 - table.entries["block1.2:C"].median())

@@ -9,7 +9,9 @@ reverse (pad, partition, reverse, crop) per stage and window side. A layout's ti
     sum(fixed parts) + sum(its choice at each position) + (partition + reverse) x (its token segments per stage)
     + overhead
 
-where a token segment is a run of consecutive token blocks with the same window (the model partitions once
+where each block's figure pools the rounds of every position of its stage that runs the same choice at the same
+input (the same module at the same shape: their differences are noise), and a token segment is a run of
+consecutive token blocks with the same window (the model partitions once
 per segment, so "M M C A" has two segments and "M A A A" one). `overhead` is 0 until `calibrate()` fits it
 as the median gap between measured and summed times of a few layouts measured whole (per-module timing
 misses the model's own Python glue and cache effects between parts).
@@ -116,6 +118,25 @@ class LatencyTable:
     overhead_s: dict[str, float] = field(default_factory=lambda: {b: 0.0 for b in BASES})
     calibrated_on: list[str] = field(default_factory=list)
     created: str = ""
+    pool: bool = True  # a block's figure pools the rounds of every position with the same stage, choice and input
+
+    def cost(self, key: str, basis: str = "wall") -> tuple[float, float, float]:
+        """(median, q25, q75) seconds per call of one entry. With `pool`, a block entry uses the rounds of every
+        position of its stage with the same choice and input shape: those are the same module at the same input,
+        so their differences are timing noise, and pooling divides it (8 positions: about 2.8x less)."""
+        entry = self.entries[key]
+        if not self.pool or entry.kind != "block":
+            return (entry.median(basis), *entry.quartiles(basis))
+        cached = self._pooled.get((key, basis))
+        if cached is None:
+            runs = [r for e in self.entries.values() if e.kind == "block" and e.stage == entry.stage
+                    and e.choice == entry.choice and e.input_shape == entry.input_shape for r in e.runs(basis)]  # fmt: skip
+            pooled = LatencyEntry(key, "block", entry.input_shape, entry.iters, runs, runs)
+            cached = self._pooled[(key, basis)] = (pooled.median(), *pooled.quartiles())
+        return cached
+
+    def __post_init__(self) -> None:
+        self._pooled: dict[tuple[str, str], tuple[float, float, float]] = {}
 
     # -- building ---------------------------------------------------------------------------------
     @classmethod
@@ -272,15 +293,15 @@ class LatencyTable:
         return keys
 
     def predict(self, layout: str | Sequence[str], basis: str = "wall") -> LatencyPrediction:
-        """Predicted seconds per batch (and img/s) of a layout: the sum of its entries' medians + overhead."""
+        """Predicted seconds per batch (and img/s) of a layout: the sum of its entries' medians (`cost`) + overhead."""
         if basis not in BASES:
             raise ConfigError(f"must be one of {', '.join(BASES)}, got {basis!r}", "basis")
         keys = self.keys_for(layout)
-        parts = [self.entries[k] for k in keys]
         extra = self.overhead_s.get(basis, 0.0)
-        seconds = sum(e.median(basis) for e in parts) + extra
-        lo = sum(e.quartiles(basis)[0] for e in parts) + extra
-        hi = sum(e.quartiles(basis)[1] for e in parts) + extra
+        costs = [self.cost(k, basis) for k in keys]
+        seconds = sum(c[0] for c in costs) + extra
+        lo = sum(c[1] for c in costs) + extra
+        hi = sum(c[2] for c in costs) + extra
         img_s = self.batch_size / seconds if seconds > 0 else float("inf")
         return LatencyPrediction(seconds, img_s, lo, hi, basis, tuple(keys))
 
@@ -318,6 +339,7 @@ class LatencyTable:
             "seed": self.seed,
             "overhead_s": dict(self.overhead_s),
             "calibrated_on": list(self.calibrated_on),
+            "pool": self.pool,
             "stages": {str(s): v for s, v in self.stages.items()},
             "choice_windows": {str(s): v for s, v in self.choice_windows.items()},
             "entries": [e.to_dict() for e in self.entries.values()],
@@ -350,6 +372,7 @@ class LatencyTable:
                 seed=int(data.get("seed", 0)),
                 overhead_s={b: float(data.get("overhead_s", {}).get(b, 0.0)) for b in BASES},
                 calibrated_on=list(data.get("calibrated_on") or []),
+                pool=bool(data.get("pool", True)),
                 created=str(data.get("created", "")),
             )
         except ConfigError:
