@@ -11,10 +11,10 @@ reverse (pad, partition, reverse, crop) per stage and window side. A layout's ti
 
 where each block's figure pools the rounds of every position of its stage that runs the same choice at the same
 input (the same module at the same shape: their differences are noise), and a token segment is a run of
-consecutive token blocks with the same window (the model partitions once
-per segment, so "M M C A" has two segments and "M A A A" one). `overhead` is 0 until `calibrate()` fits it
-as the median gap between measured and summed times of a few layouts measured whole (per-module timing
-misses the model's own Python glue and cache effects between parts).
+consecutive token blocks with the same window (the model partitions once per segment, so "M M C A" has two
+segments and "M A A A" one). `overhead` is 0 until `calibrate()` fits it as the median gap between measured and
+summed times of a few layouts measured whole (per-module timing misses the model's own Python glue and cache
+effects between parts); `measure(calibrate_on=...)` times those layouts in the table's own rounds.
 
     table = LatencyTable.measure(spec, positions=None, choices=["M", "A"], profile=profile, rounds=5)
     table.predict("C | C*3 | M*4 A*4 | M*2 A*2").img_s      # or a tuple of block texts, one per position
@@ -167,7 +167,7 @@ class LatencyTable:
 
         from blocks.spec import ModelSpec
         from hybridlab.measure.api import numeric_settings
-        from hybridlab.measure.env import collect_env
+        from hybridlab.measure.env import collect_env, load_average
         from hybridlab.measure.latency_probes import build_probes, time_probes
         from hybridlab.measure.timing import free_memory
 
@@ -205,6 +205,7 @@ class LatencyTable:
             probes, layout = build_probes(base, pos, specs, profile, device, whole)
             timings = time_probes(probes, profile, device, rounds=rounds, seed=seed, guard=guard, progress=progress)
             free_memory(device)
+        env["load_avg_end"] = load_average()
         entries = {}
         for p in probes:
             t = timings[p.key]
