@@ -33,6 +33,8 @@ _EXPORTS = {
     "sdpa_flops": "flops",
     "MeasureError": "phases",
     "ContentionGuard": "guard",
+    "LatencyTable": "latency_table",
+    "LatencyPrediction": "latency_table",
     "GuardReaders": "guard",
     "FIGURES": "record",
     "PRECISIONS": "record",
