@@ -142,7 +142,7 @@ def strategy(value: Any) -> Any:
     """`strategy:` (absent: every trial trains to the full budget); `name: one_shot` is a supernet search."""
     if value is None:
         return None
-    cfg = v.mapping(value, "strategy")
+    cfg = {"name": value} if isinstance(value, str) else v.mapping(value, "strategy")
     v.choice(cfg.get("name"), ("one_shot",), "strategy.name", "strategy")
     from studies.one_shot_config import parse_one_shot
 

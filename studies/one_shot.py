@@ -53,10 +53,12 @@ def is_one_shot(config: Any) -> bool:
     return getattr(getattr(config, "strategy", None), "name", None) == NAME
 
 
-def layout_labels(layout: SupernetLayout) -> dict[str, str]:
-    """`{pattern: family}` for the Table 5 families the space holds (a row's label; others use the pattern)."""
+def layout_labels(layout: SupernetLayout, named: tuple[str, ...] = ()) -> dict[str, str]:
+    """`{pattern: family}` for the Table 5 families the space holds (a row's label; others use the pattern).
+    Where families coincide (shallow stages), the study's `retrain` names win, then placement rules over chance."""
     out: dict[str, str] = {}
-    for family in TABLE5:
+    named = tuple(n for n in named if n in TABLE5)
+    for family in [*named, *sorted(TABLE5, key=lambda f: f == "random")]:
         out.setdefault(layout.family_pattern(family), family)
     return out
 
@@ -72,7 +74,7 @@ class OneShotSearch:
         self.objective = objective  # studies.objective.TrialObjective: data module, fidelity, device
         self.echo = echo
         self.seed = int(config.seeds[0])
-        self.labels = layout_labels(self.layout)
+        self.labels = layout_labels(self.layout, self.settings.retrain)
 
     # -- phases ----------------------------------------------------------------------------------
     def run(self, study: optuna.Study) -> None:

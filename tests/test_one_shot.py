@@ -131,7 +131,9 @@ def test_one_shot_study_end_to_end_and_resume(tmp_path, predictor):
     assert len(scored) == 16 and len({t.user_attrs["pattern"] for t in scored}) == 16
     assert all(t.state == TrialState.COMPLETE and t.user_attrs["fidelity_rank"] == SUPERNET_RANK for t in scored)
     assert all(t.values == [t.user_attrs["top1"], t.user_attrs["throughput_img_s"]] for t in scored)
-    assert {t.user_attrs["label"] for t in scored} >= {"attn_last_half", "attn_first_half", "interleave_am"}
+    labels = {t.user_attrs["pattern"]: t.user_attrs["label"] for t in scored}
+    assert labels["C | M A | M A"] == "attn_last_half" and labels["C | A M | A M"] == "attn_first_half"
+    assert labels["C | A M | M A"] == "C | A M | M A"
     # top 2 of the predicted front + attn_last_half (unless it is on the front), trained stand-alone
     assert 2 <= len(full) <= 3 and all(t.state == TrialState.COMPLETE for t in full)
     assert "attn_last_half" in {t.user_attrs["label"] for t in full}
