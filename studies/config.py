@@ -55,7 +55,7 @@ from studies.studyfile import (
 TOP_KEYS = (
     "name", "description", "data", "model", "search_space", "train", "measure", "objectives", "sampler",
     "n_trials", "seeds", "constraints", "storage", "ablation", "devices", "baselines", "imports", "max_retries",
-    "progress_every_s",
+    "progress_every_s", "strategy",
 )
 
 MAX_LINE = 500
@@ -88,6 +88,7 @@ class StudyConfig:
     train_threads: int | None = None  # `train.threads`; the measurement's are `measure["threads"]`
     progress_every_s: float | None = 60.0  # a progress line within long epochs this often (None: epoch lines only)
     pretrained: Any = None  # studies.finetune.Pretrained: `model.pretrained` (None: no fine-tuning)
+    strategy: Any = None  # `strategy:` settings (studies.one_shot_config.OneShotSettings), None: every trial full budget
 
     @property
     def directions(self) -> list[str]:
@@ -178,9 +179,13 @@ def _validate(data: dict[str, Any], source: str, check_data: bool) -> StudyConfi
     progress_every_s = attempt(lambda: sections.progress_every_s(data.get("progress_every_s", 60.0)), 60.0)
     entries = attempt(lambda: sections.v.mapping(data.get("baselines"), "baselines"), {}) if base else {}
     baselines = [b for b in (attempt(lambda k=k, e=e: parse_baseline(k, e, base)) for k, e in entries.items()) if b]
-    if space is not None and sampler.get("name") != "grid" and n_trials is None:
+    strategy = attempt(lambda: sections.strategy(data.get("strategy")))
+    one_shot = getattr(strategy, "name", None) == "one_shot"  # plans its own trials: no n_trials, no grid
+    if one_shot and space is not None:
+        attempt(lambda: sections.check_strategy(strategy, space, [o.name for o in objectives]))
+    if space is not None and sampler.get("name") != "grid" and n_trials is None and not one_shot:
         problems.append("n_trials: required unless the sampler is 'grid'")
-    if space is not None and sampler.get("name") == "grid" and space.size() > MAX_GRID:
+    if space is not None and sampler.get("name") == "grid" and space.size() > MAX_GRID and not one_shot:
         problems.append(f"sampler: a grid over {space.size():,} assignments is too big (max {MAX_GRID:,}); "
                         "use tpe, nsga2 or gp")
     if space is not None and data_cfg is not None:
@@ -194,7 +199,7 @@ def _validate(data: dict[str, Any], source: str, check_data: bool) -> StudyConfi
         measure=measure, objectives=objectives, sampler=sampler, n_trials=n_trials, seeds=seeds,
         constraints=constraints, storage=storage, ablation=ablation, devices=devices, baselines=baselines, raw=data,
         source=source, max_retries=max_retries, auto_seeds=auto_seeds, train_threads=train_threads,
-        progress_every_s=progress_every_s, pretrained=pretrained,
+        progress_every_s=progress_every_s, pretrained=pretrained, strategy=strategy,
     )
 
 

@@ -101,7 +101,7 @@ class TrialObjective:
             "pattern": arch.pattern,
             "arch_hash": arch.arch_hash,
             "family": arch.family,
-            "label": arch.label,
+            "label": trial.user_attrs.get("layout_label", arch.label),  # one-shot retraining names its layouts
             "seed": seed,
             "fidelity": fidelity,
             "fidelity_label": FULL,

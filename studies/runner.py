@@ -27,7 +27,7 @@ from hybridlab import __version__
 from hybridlab.atomic import atomic_write
 from hybridlab.errors import ConfigError, HybridlabError
 from hybridlab.urls import mask_password
-from studies import planning, preflight, restore
+from studies import one_shot, planning, preflight, restore
 from studies.config import StudyConfig
 from studies.devlock import lock_timeout
 from studies.loop import INTERRUPTS
@@ -108,7 +108,8 @@ class StudyRunner:
         self.folder = study_folder(options.results_dir, config.name)
         self.storage_url = options.storage or config.storage or default_storage_url(options.results_dir, config.name)
         self.shown_url = mask_password(self.storage_url)
-        candidates = config.space.candidates() if config.sampler["name"] == "grid" else None
+        grid = config.sampler["name"] == "grid" and not one_shot.is_one_shot(config)  # one-shot plans its own
+        candidates = config.space.candidates() if grid else None
         self.keys = planning.grid_keys(candidates) if candidates is not None else None
         self.objective = TrialObjective(config, self.folder, self.keys, options.device, options.progress, options.echo)
         self.study: optuna.Study | None = None
@@ -166,7 +167,10 @@ class StudyRunner:
         for number in retry_failed(study, max_retries, force=self.options.retry_failed):
             self.options.echo(f"[trial {number}] failed before: queued for another attempt")
         # a larger target (--n-trials or the study file) extends the plan
-        planning.plan(study, self.config, self.keys, self.target_architectures())
+        if one_shot.is_one_shot(self.config):
+            one_shot.prepare(study)  # its phases queue the stand-alone trials (run)
+        else:
+            planning.plan(study, self.config, self.keys, self.target_architectures())
         self._write_files()
         return study
 
@@ -201,6 +205,8 @@ class StudyRunner:
             f"study {self.config.name}: {finished} trials finished, {queued} to run; storage {self.shown_url}"
         )
         try:
+            if one_shot.is_one_shot(self.config):
+                one_shot.OneShotSearch(self.config, self.folder, self.objective, self.options.echo).run(study)
             failures = work(
                 study, self.objective, on_trial=self._after_trial, error_log=self._error_log,
                 echo=self.options.echo, max_consecutive_failures=self.options.max_consecutive_failures,
