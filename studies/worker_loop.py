@@ -15,6 +15,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from hybridlab.fidelity import rank_of
 from studies.loop import INTERRUPTS, claim_next, fail_stale, run_trial, wait_for_others
 from studies.processes import alive
 from studies.storage import retry_trial
@@ -113,13 +114,26 @@ def count(study: optuna.Study, states: Sequence[TrialState]) -> int:
     return len(study.get_trials(deepcopy=False, states=tuple(states)))
 
 
-def best_trials(study: optuna.Study) -> list[FrozenTrial]:
-    try:
-        if len(study.directions) == 1:
-            return [study.best_trial]
-        return study.best_trials
-    except ValueError:
-        return []
+def best_trials(study: optuna.Study, rank: int | None = None) -> list[FrozenTrial]:
+    """The study's front among its finished trials of one fidelity rank (all when `rank` is None).
+
+    Supernet scores and halving rungs are not comparable with full trainings, so a trial is judged "on
+    front" only against trials of its own fidelity.
+    """
+    trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values]
+    if rank is not None:
+        trials = [t for t in trials if _rank(t) == rank]
+    signs = [1.0 if d == optuna.study.StudyDirection.MAXIMIZE else -1.0 for d in study.directions]
+    scored = [(t, [s * v for s, v in zip(signs, t.values, strict=True)]) for t in trials]
+
+    def dominated(a: list[float]) -> bool:
+        return any(all(x >= y for x, y in zip(b, a, strict=True)) and b != a for _, b in scored)
+
+    return [t for t, v in scored if not dominated(v)]
+
+
+def _rank(trial: FrozenTrial) -> int:
+    return rank_of(trial.user_attrs.get("fidelity_label"), trial.user_attrs.get("fidelity_rank"))
 
 
 def progress_line(study: optuna.Study, trial: FrozenTrial) -> str:
@@ -127,7 +141,7 @@ def progress_line(study: optuna.Study, trial: FrozenTrial) -> str:
     attrs = trial.user_attrs
     pattern = attrs.get("pattern", "?")
     if trial.state == TrialState.COMPLETE:
-        front = {t.number for t in best_trials(study)}
+        front = {t.number for t in best_trials(study, _rank(trial))}
         top1 = attrs.get("top1")
         thr = attrs.get("throughput_img_s")
         parts = [
