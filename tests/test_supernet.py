@@ -10,7 +10,7 @@ from blocks.model import HybridNet
 from blocks.path_sampling import PathSampler
 from blocks.spec import ModelSpec
 from blocks.supernet import SuperNet
-from blocks.supernet_eval import calibrate_norm, load_norm_stats, score_paths
+from blocks.supernet_eval import calibrate_norm, load_norm_stats, score_paths, walk
 from hybridlab.errors import ConfigError
 
 # Two token stages; stage 3 has a window smaller than its map (padding + two windows), stage 4 one window.
@@ -132,3 +132,23 @@ def test_samplers_are_seeded_fair_and_resumable():
     assert step[0] == (1, 2) and step[1] == (2, 0) and len(step) == 4
     with pytest.raises(ConfigError, match="unknown sampling"):
         PathSampler("greedy", 2, 2)
+
+
+def test_stacked_branches_score_like_one_call_per_branch():
+    net = _supernet(choices=("M", "A", "M[d_state=4]"))
+    torch.manual_seed(2)
+    batches = [(torch.randn(5, 3, 20, 20), torch.randint(0, 5, (5,)))]
+    paths = list(net.paths())
+    outs: dict = {}
+    for stack in (0, 10_000):
+        got = {}
+        walk(net.eval(), batches[0][0], paths, lambda p, o, got=got: got.__setitem__(p, o.clone()), stack_images=stack)
+        outs[stack] = got
+    assert set(outs[0]) == set(paths) == set(outs[10_000])
+    for path in paths:
+        assert torch.allclose(outs[0][path], outs[10_000][path], atol=1e-5, rtol=1e-5), path
+    with torch.no_grad():  # the map before the final norm, one extracted subnet at a time
+        for path in paths[:: len(paths) // 5]:
+            sub = net.subnet(path).eval()
+            feats = sub.levels[-1](sub.levels[-2](sub.levels[1](sub.levels[0](sub.patch_embed(batches[0][0])))))
+            assert torch.allclose(outs[10_000][path], feats, atol=1e-5, rtol=1e-5)
