@@ -10,6 +10,7 @@ Top-level settings besides the sections:
     max_retries:  how often a FAILED trial is tried again when the study is rerun (default 2, 0 = never)
     progress_every_s: a progress line this often within long epochs, besides one per epoch (default 60; null:
                   epoch lines only)
+    strategy:     how the training budget is spent (studies.strategy; absent: every trial at the full budget)
     seeds:        a list of seeds, e.g. [0, 1, 2], or a budget:
                     seeds: auto                        # the defaults below
                     seeds: {auto: {initial: 2, max: 6, budget: 40, confidence: 0.95}}
@@ -41,6 +42,7 @@ from search_space.space import SearchSpace
 from studies import config_sections as sections
 from studies.baselines import parse_baseline
 from studies.config_sections import MAX_GRID, MAX_TRIALS, SAMPLERS, AutoSeeds
+from studies.strategy import StrategySettings, parse_strategy
 from studies.studyfile import (
     BUILTIN_DIR,
     StudyConfigError,
@@ -54,7 +56,7 @@ from studies.studyfile import (
 TOP_KEYS = (
     "name", "description", "data", "model", "search_space", "train", "measure", "objectives", "sampler",
     "n_trials", "seeds", "constraints", "storage", "ablation", "devices", "baselines", "imports", "max_retries",
-    "progress_every_s",
+    "progress_every_s", "strategy",
 )
 
 MAX_LINE = 500
@@ -86,6 +88,7 @@ class StudyConfig:
     auto_seeds: AutoSeeds | None = None  # `seeds: auto`: `seeds` is then the first round
     train_threads: int | None = None  # `train.threads`; the measurement's are `measure["threads"]`
     progress_every_s: float | None = 60.0  # a progress line within long epochs this often (None: epoch lines only)
+    strategy: StrategySettings | None = None  # `strategy:` (studies.strategy); None: every trial at the full budget
 
     @property
     def directions(self) -> list[str]:
@@ -182,6 +185,9 @@ def _validate(data: dict[str, Any], source: str, check_data: bool) -> StudyConfi
         attempt(lambda: sections.check_windows(space, data_cfg["_img_size"]))
     if space is not None and auto_seeds is not None and sampler.get("name") == "grid":
         attempt(lambda: sections.check_seed_budget(auto_seeds, space, len(entries)))
+    strategy = attempt(lambda: parse_strategy(data.get("strategy"), "strategy"))
+    if strategy is not None:
+        strategy = attempt(lambda: strategy.bind(recipe, data_cfg, space, sampler, auto_seeds), strategy)
     if problems:  # a last guard for values quoted by other layers: no line over MAX_LINE characters
         raise StudyConfigError(source, [p if len(p) <= MAX_LINE else p[: MAX_LINE - 3] + "..." for p in problems])
     return StudyConfig(
@@ -189,7 +195,7 @@ def _validate(data: dict[str, Any], source: str, check_data: bool) -> StudyConfi
         measure=measure, objectives=objectives, sampler=sampler, n_trials=n_trials, seeds=seeds,
         constraints=constraints, storage=storage, ablation=ablation, devices=devices, baselines=baselines, raw=data,
         source=source, max_retries=max_retries, auto_seeds=auto_seeds, train_threads=train_threads,
-        progress_every_s=progress_every_s,
+        progress_every_s=progress_every_s, strategy=strategy,
     )
 
 
