@@ -319,3 +319,19 @@ def test_a_promoted_trial_continues_its_parents_checkpoint(tmp_path) -> None:
     schedule = saved["lr_schedulers"][0]["lr_lambdas"][0]
     assert schedule["total"] == 2 * steps  # rung 0 ran under the full budget's schedule
     assert child.user_attrs["fidelity_label"] == "full" and parent.user_attrs["fidelity_label"] == "rung 0 (1 epochs)"
+
+
+@pytest.mark.slow
+def test_a_train_subset_rung_warm_starts_from_its_parents_weights(tmp_path) -> None:
+    raw = tiny_raw(strategy={"name": "halving", "eta": 3, "resource": "train_subset", "rungs": [32, 64]},
+                   data__train_subset=64)
+    study, _ = _run(raw, tmp_path)
+    assert [t.user_attrs["rung"] for t in study.trials] == [0, 0, 0, 1]
+    child = study.trials[3]
+    parent = study.trials[child.user_attrs["promoted_from"]]
+    assert child.user_attrs["warm_start_from"] == str(tmp_path / "tiny" / "trials" / str(parent.number) / "best.ckpt")
+    assert child.user_attrs["warm_start_skipped"] == 0 and child.user_attrs.get("resumed_from") is None
+    # each rung trains every epoch on its share: 32 then 64 images in batches of 16
+    assert parent.user_attrs["global_step"] == 2 and child.user_attrs["global_step"] == 4
+    assert parent.user_attrs["fidelity_label"] == "rung 0 (32 train_subset)" and child.user_attrs["fidelity_label"] == "full"
+    assert parent.user_attrs["fidelity"] != child.user_attrs["fidelity"]
