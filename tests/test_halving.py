@@ -322,16 +322,20 @@ def test_a_promoted_trial_continues_its_parents_checkpoint(tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_a_train_subset_rung_warm_starts_from_its_parents_weights(tmp_path) -> None:
-    raw = tiny_raw(strategy={"name": "halving", "eta": 3, "resource": "train_subset", "rungs": [32, 64]},
-                   data__train_subset=64)
+@pytest.mark.parametrize(("resource", "rungs", "data", "steps"), [
+    ("train_subset", [32, 64], {"train_subset": 64}, (2, 4)),  # 32 then 64 images in batches of 16
+    ("img_size", [16, 32], {"img_size": 32}, (4, 4)),  # 64 images at 16 then 32 px
+])
+def test_other_resources_warm_start_from_the_parents_weights(tmp_path, resource, rungs, data, steps) -> None:
+    raw = tiny_raw(strategy={"name": "halving", "eta": 3, "resource": resource, "rungs": rungs})
+    raw["data"].update(data)
     study, _ = _run(raw, tmp_path)
     assert [t.user_attrs["rung"] for t in study.trials] == [0, 0, 0, 1]
     child = study.trials[3]
     parent = study.trials[child.user_attrs["promoted_from"]]
     assert child.user_attrs["warm_start_from"] == str(tmp_path / "tiny" / "trials" / str(parent.number) / "best.ckpt")
     assert child.user_attrs["warm_start_skipped"] == 0 and child.user_attrs.get("resumed_from") is None
-    # each rung trains every epoch on its share: 32 then 64 images in batches of 16
-    assert parent.user_attrs["global_step"] == 2 and child.user_attrs["global_step"] == 4
-    assert parent.user_attrs["fidelity_label"] == "rung 0 (32 train_subset)" and child.user_attrs["fidelity_label"] == "full"
-    assert parent.user_attrs["fidelity"] != child.user_attrs["fidelity"]
+    # each rung trains every epoch (one here) on its own share of the data
+    assert (parent.user_attrs["global_step"], child.user_attrs["global_step"]) == steps
+    assert parent.user_attrs["fidelity_label"] == f"rung 0 ({rungs[0]} {resource})"
+    assert child.user_attrs["fidelity_label"] == "full" and parent.user_attrs["fidelity"] != child.user_attrs["fidelity"]
