@@ -10,6 +10,7 @@ Top-level settings besides the sections:
     max_retries:  how often a FAILED trial is tried again when the study is rerun (default 2, 0 = never)
     progress_every_s: a progress line this often within long epochs, besides one per epoch (default 60; null:
                   epoch lines only)
+    strategy:     how the training budget is spent (studies.strategy; absent: every trial at the full budget)
     seeds:        a list of seeds, e.g. [0, 1, 2], or a budget:
                     seeds: auto                        # the defaults below
                     seeds: {auto: {initial: 2, max: 6, budget: 40, confidence: 0.95}}
@@ -42,6 +43,7 @@ from studies import config_sections as sections
 from studies import finetune
 from studies.baselines import parse_baseline
 from studies.config_sections import MAX_GRID, MAX_TRIALS, SAMPLERS, AutoSeeds
+from studies.strategy import parse_strategy
 from studies.studyfile import (
     BUILTIN_DIR,
     StudyConfigError,
@@ -88,7 +90,9 @@ class StudyConfig:
     train_threads: int | None = None  # `train.threads`; the measurement's are `measure["threads"]`
     progress_every_s: float | None = 60.0  # a progress line within long epochs this often (None: epoch lines only)
     pretrained: Any = None  # studies.finetune.Pretrained: `model.pretrained` (None: no fine-tuning)
-    strategy: Any = None  # `strategy:` settings (studies.one_shot_config.OneShotSettings), None: every trial full budget
+    # `strategy:` (studies.strategy: halving's StrategySettings or one-shot's OneShotSettings); None: every trial
+    # trained at the full budget
+    strategy: Any = None
 
     @property
     def directions(self) -> list[str]:
@@ -179,7 +183,7 @@ def _validate(data: dict[str, Any], source: str, check_data: bool) -> StudyConfi
     progress_every_s = attempt(lambda: sections.progress_every_s(data.get("progress_every_s", 60.0)), 60.0)
     entries = attempt(lambda: sections.v.mapping(data.get("baselines"), "baselines"), {}) if base else {}
     baselines = [b for b in (attempt(lambda k=k, e=e: parse_baseline(k, e, base)) for k, e in entries.items()) if b]
-    strategy = attempt(lambda: sections.strategy(data.get("strategy")))
+    strategy = attempt(lambda: parse_strategy(data.get("strategy"), "strategy"))
     one_shot = getattr(strategy, "name", None) == "one_shot"  # plans its own trials: no n_trials, no grid
     if one_shot and space is not None:
         attempt(lambda: sections.check_strategy(strategy, space, [o.name for o in objectives]))
@@ -192,6 +196,8 @@ def _validate(data: dict[str, Any], source: str, check_data: bool) -> StudyConfi
         attempt(lambda: sections.check_windows(space, data_cfg["_img_size"]))
     if space is not None and auto_seeds is not None and sampler.get("name") == "grid":
         attempt(lambda: sections.check_seed_budget(auto_seeds, space, len(entries)))
+    if strategy is not None:
+        strategy = attempt(lambda: strategy.bind(recipe, data_cfg, space, sampler, auto_seeds), strategy)
     if problems:  # a last guard for values quoted by other layers: no line over MAX_LINE characters
         raise StudyConfigError(source, [p if len(p) <= MAX_LINE else p[: MAX_LINE - 3] + "..." for p in problems])
     return StudyConfig(

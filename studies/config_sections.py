@@ -138,17 +138,6 @@ def sampler(value: Any) -> dict[str, Any]:
 
 # -- strategy ---------------------------------------------------------------------------------------------------------
 
-def strategy(value: Any) -> Any:
-    """`strategy:` (absent: every trial trains to the full budget); `name: one_shot` is a supernet search."""
-    if value is None:
-        return None
-    cfg = {"name": value} if isinstance(value, str) else v.mapping(value, "strategy")
-    v.choice(cfg.get("name"), ("one_shot",), "strategy.name", "strategy")
-    from studies.one_shot_config import parse_one_shot
-
-    return parse_one_shot(cfg, "strategy")
-
-
 def check_strategy(settings: Any, space: SearchSpace, objectives: list[str]) -> None:
     """Cross-checks of a one-shot strategy against the search space and the objectives."""
     from studies.one_shot_config import check_study

@@ -96,7 +96,7 @@ class TrialObjective:
             trial.set_user_attr("duplicate_of", twin)
             raise optuna.TrialPruned(f"duplicate of trial {twin} (the same added seed, queued twice)")
         arch, seed = self._pick(trial)
-        fidelity = self.fidelity()
+        fidelity = self.trial_fidelity(trial)
         attrs = {
             "pattern": arch.pattern,
             "arch_hash": arch.arch_hash,
@@ -104,8 +104,7 @@ class TrialObjective:
             "label": trial.user_attrs.get("layout_label", arch.label),  # one-shot retraining names its layouts
             "seed": seed,
             "fidelity": fidelity,
-            "fidelity_label": FULL,
-            "fidelity_rank": FULL_RANK,
+            **self.fidelity_marks(trial),
             "worker": f"{socket.gethostname()}:{os.getpid()}",
             "is_baseline": arch.is_baseline,
             "model": arch.settings(),
@@ -148,10 +147,12 @@ class TrialObjective:
         cand = self.config.space.suggest(trial)
         return cand, int(trial.user_attrs.get("seed", self.config.seeds[0]))
 
-    def fidelity(self) -> str:
-        """What besides the architecture and seed decides a result: data, recipe, image size."""
+    def fidelity(self, data_changes: dict[str, Any] | None = None, **extra: Any) -> str:
+        """What besides the architecture and seed decides a result: data, recipe, image size (and, for a trial
+        trained to part of the budget, `data_changes` and `extra` that say how)."""
         data = {k: v for k, v in self.config.data.items() if not k.startswith("_")}
-        parts = {"data": data, "train": plain(self.config.recipe)}
+        data.update(data_changes or {})
+        parts = {"data": data, "train": plain(self.config.recipe), **extra}
         if self.config.pretrained is not None:  # what the trials start from (a random-init fallback differs)
             from studies.finetune import weights_tag
 
@@ -217,7 +218,7 @@ class TrialObjective:
         if resume is not None:
             trial.set_user_attr("resumed_from", str(resume))
             self.echo(f"[trial {trial.number}] resuming from {resume}")
-        datamodule = self.datamodule()
+        datamodule = self.trial_datamodule(trial)
         self._check_fits(arch, datamodule)
         model = arch.build()
         if self.config.pretrained is not None:
@@ -225,6 +226,7 @@ class TrialObjective:
 
             for key, value in apply_pretrained(self.config.pretrained, model, f"[trial {trial.number}]", self.echo).items():
                 trial.set_user_attr(key, value)
+        model = self.warm_start(trial, model)  # halving over data size: the promoted parent's weights
         from studies.progress import ProgressLines
 
         left, mean_s = self._study_pace(trial)
@@ -244,7 +246,8 @@ class TrialObjective:
                     echo=self.echo,
                     # ddp_spawn pickles callbacks into its processes; the trial and its storage cannot travel, so
                     # multi-device trials get their curve at the end (learning_curve) but no live epoch reports
-                    callbacks=[progress] if self.progress and self.config.devices == 1 else [],
+                    callbacks=[*([progress] if self.progress and self.config.devices == 1 else []),
+                               *self.trial_callbacks(trial)],
                     report=(lambda epoch, point: self._report(trial, epoch, point)) if self.config.devices == 1 else None,
                     **self._trainer_devices(),
                 )
@@ -259,6 +262,23 @@ class TrialObjective:
         if result.get("learning_curve"):
             metrics["learning_curve"] = [dict(point) for point in result["learning_curve"]]
         return metrics
+
+    # -- what a strategy that trains part of the budget changes (studies.halving_objective) ----------------------------
+    def fidelity_marks(self, trial: optuna.Trial) -> dict[str, Any]:
+        """The attributes that say how faithful this trial's figures are (hybridlab.fidelity)."""
+        return {"fidelity_label": FULL, "fidelity_rank": FULL_RANK}
+
+    def trial_fidelity(self, trial: optuna.Trial) -> str:
+        return self.fidelity()
+
+    def trial_datamodule(self, trial: optuna.Trial) -> Any:
+        return self.datamodule()
+
+    def trial_callbacks(self, trial: optuna.Trial) -> list[Any]:
+        return []
+
+    def warm_start(self, trial: optuna.Trial, model: Any) -> Any:
+        return model
 
     def _report(self, trial: optuna.Trial, epoch: int, point: dict[str, Any]) -> None:
         """Each validated epoch: the current epoch for `hybridlab status`, and Optuna's intermediate value.

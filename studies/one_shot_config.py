@@ -63,6 +63,13 @@ class OneShotSettings:
                 "evolution": {"population": self.population, "generations": self.generations},
                 "retrain_top": self.retrain_top, "retrain": list(self.retrain)}
 
+    def bind(self, recipe: Any, data: Any, space: Any = None, sampler: Any = None, auto_seeds: Any = None) -> OneShotSettings:
+        """Nothing to derive from the rest of the study file (`check_study` checks the space and objectives)."""
+        return self
+
+    def describe(self) -> str:
+        return f"one_shot ({self.sampling} sampling, retrain top {self.retrain_top} + {len(self.retrain)} named)"
+
     def exhaustive(self, num_layouts: int) -> bool:
         """Whether every layout is scored (else an evolutionary search scores what it visits)."""
         return self.search == "exhaustive" or (self.search == "auto" and num_layouts <= MAX_EXHAUSTIVE)

@@ -62,7 +62,7 @@ def target_architectures(config: StudyConfig, n_trials: int | None, keys: dict[s
 def plan(study: optuna.Study, config: StudyConfig, keys: dict[str, Candidate] | None, target: int) -> None:
     """Queue what is missing up to `target` architectures, seed-major: for each seed, the baselines first
     (so the report has its references early), then the grid cells or sampling slots."""
-    trials = study.get_trials(deepcopy=False)
+    trials = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("rung")]  # halving: rung 0 here
     have = {(t.user_attrs["slot"], t.user_attrs.get("seed")) for t in trials if "slot" in t.user_attrs}
     slots = {slot for slot, _ in have}
     have |= {(t.user_attrs["baseline"], t.user_attrs.get("seed")) for t in trials if "baseline" in t.user_attrs}
@@ -87,6 +87,10 @@ def plan(study: optuna.Study, config: StudyConfig, keys: dict[str, Candidate] | 
                 if (baseline.label, seed) not in have:
                     study.enqueue_trial({"baseline": baseline.label, "seed": seed},
                                         user_attrs={"baseline": baseline.label, "seed": seed})
+    if config.strategy is not None and config.strategy.name == "halving":  # its higher rungs, before the plan is done
+        from studies.halving import plan_rungs
+
+        plan_rungs(study, config, target)
     study.set_user_attr(PLANNED, max(target, len(slots)))
 
 

@@ -111,7 +111,10 @@ class StudyRunner:
         grid = config.sampler["name"] == "grid" and not one_shot.is_one_shot(config)  # one-shot plans its own
         candidates = config.space.candidates() if grid else None
         self.keys = planning.grid_keys(candidates) if candidates is not None else None
-        self.objective = TrialObjective(config, self.folder, self.keys, options.device, options.progress, options.echo)
+        objective = TrialObjective
+        if config.strategy is not None and config.strategy.name == "halving":
+            from studies.halving_objective import HalvingObjective as objective
+        self.objective = objective(config, self.folder, self.keys, options.device, options.progress, options.echo)
         self.study: optuna.Study | None = None
         self.finished_here: list[FrozenTrial] = []
 
@@ -191,6 +194,7 @@ class StudyRunner:
             "train": plain(self.config.recipe),
             "seeds": self.config.seeds,
             "sampler": self.config.sampler,
+            "strategy": self.config.strategy.to_dict() if self.config.strategy is not None else None,
             "env": _environment(),
             "hybridlab": __version__,
         }
@@ -207,11 +211,18 @@ class StudyRunner:
         try:
             if one_shot.is_one_shot(self.config):
                 one_shot.OneShotSearch(self.config, self.folder, self.objective, self.options.echo).run(study)
-            failures = work(
-                study, self.objective, on_trial=self._after_trial, error_log=self._error_log,
-                echo=self.options.echo, max_consecutive_failures=self.options.max_consecutive_failures,
-                on_idle=lambda: planning.plan_more_seeds(study, self.config, self.options.echo),
-            )
+            if self.config.strategy is not None and self.config.strategy.name == "halving":
+                from studies import halving
+
+                failures = halving.work(study, self.config, self.objective, on_trial=self._after_trial,
+                                        error_log=self._error_log, echo=self.options.echo,
+                                        max_consecutive_failures=self.options.max_consecutive_failures)
+            else:
+                failures = work(
+                    study, self.objective, on_trial=self._after_trial, error_log=self._error_log,
+                    echo=self.options.echo, max_consecutive_failures=self.options.max_consecutive_failures,
+                    on_idle=lambda: planning.plan_more_seeds(study, self.config, self.options.echo),
+                )
         except (HybridlabError, *INTERRUPTS):
             self._write_table()
             raise

@@ -31,13 +31,15 @@ NOISE_COLUMNS: tuple[str, ...] = (
     "throughput_lo", "throughput_hi", "throughput_interval", "throughput_rel", "throughput_rel_lo",
     "throughput_rel_hi", "noisy", "noisy_reason", "threads", "fidelity", "fidelity_label", "fidelity_rank",
     "slow_paths",
+    "rung", "rung_budget", "promoted_from", "promotion_reason",  # strategy: halving (studies.halving)
 )
 RECORD_COLUMNS: tuple[str, ...] = ("reused_from", "is_baseline", "fail_reason", "datetime_start", "datetime_complete")
 COLUMNS: tuple[str, ...] = IDENTITY_COLUMNS + METRIC_COLUMNS + NOISE_COLUMNS + RECORD_COLUMNS
 TEXT_COLUMNS: tuple[str, ...] = ("state", "pattern", "arch_hash", "family", "label", "throughput_interval",
-                                 "noisy_reason", "fidelity", "fidelity_label", "slow_paths", "fail_reason", "datetime_start", "datetime_complete")
+                                 "noisy_reason", "fidelity", "fidelity_label", "slow_paths", "promotion_reason",
+                                 "fail_reason", "datetime_start", "datetime_complete")
 INT_COLUMNS: tuple[str, ...] = ("number", "seed", *(m.name for m in METRICS.values() if m.dtype == "int"),
-                                "threads", "reused_from", "fidelity_rank")
+                                "threads", "reused_from", "fidelity_rank", "rung", "rung_budget", "promoted_from")
 FLOAT_COLUMNS: tuple[str, ...] = (*(m.name for m in METRICS.values() if m.dtype == "float"), "throughput_lo",
                                   "throughput_hi", "throughput_rel", "throughput_rel_lo", "throughput_rel_hi")
 BOOL_COLUMNS: tuple[str, ...] = ("is_baseline", "noisy")
