@@ -46,6 +46,8 @@ def settings_record(config: StudyConfig) -> dict[str, Any]:
         "baselines": raw.get("baselines"),
         "ablation": config.ablation,
         "devices": config.devices,
+        # a study without a strategy keeps the record it stored before strategies existed
+        **({"strategy": config.strategy.to_dict()} if config.strategy is not None else {}),
     }
     return json.loads(json.dumps(record, sort_keys=True, default=str))
 

@@ -66,7 +66,7 @@ def main(args: argparse.Namespace, report: bool | None = None) -> int:
         note = check_note(config.pretrained)
         if note:
             print(note)
-        how = f"strategy {config.strategy.name}" if config.strategy is not None else f"sampler {config.sampler['name']}"
+        how = f"strategy {config.strategy.describe()}" if config.strategy is not None else f"sampler {config.sampler['name']}"
         print(f"{config.source}: ok (search space of {config.space.size():,} assignments, {how})")
         return 0
     options = RunOptions(results_dir=args.results_dir, storage=storage_from(args), n_trials=args.n_trials,
