@@ -26,8 +26,10 @@ EXAMPLES = int(os.environ.get("HYBRIDLAB_FUZZ_EXAMPLES", "25"))
 LONG = "HYBRIDLAB_FUZZ_EXAMPLES" in os.environ
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=not LONG, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-# pattern_search checks a 3^12 free space on every load: the fast subset leaves it to the long run
-STUDIES = sorted(n for n in builtin_studies() if LONG or n != "pattern_search")
+# pattern_search (3^12) and attention_placement (2^12) check a free space on every load: the fast subset
+# leaves them to the long run
+HEAVY = ("pattern_search", "attention_placement")
+STUDIES = sorted(n for n in builtin_studies() if LONG or n not in HEAVY)
 RAW = {name: yaml.safe_load(path.read_text()) for name, path in builtin_studies().items()}
 
 
