@@ -26,6 +26,14 @@ from blocks.scan import selective_scan
 from hybridlab.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# One torch thread in the tests and in the Python processes they start, whatever the order the tests run
+# in (some measurement tests leave one thread behind) and however many pytest workers (`-n`) share the
+# cores: threads of a tiny model gain nothing, and OpenMP threads spin-wait for each other when the cores
+# are busy with another worker.
+torch.set_num_threads(1)
+os.environ["OMP_NUM_THREADS"] = "1"
+
 PASSWORD = "s3cret-pw"
 CLI = "import sys; from hybridlab.cli import main; sys.exit(main(sys.argv[1:]))"
 
