@@ -3,6 +3,7 @@ process or in a subprocess, and a throwaway PostgreSQL server."""
 
 from __future__ import annotations
 
+import gc
 import glob
 import math
 import os
@@ -25,6 +26,14 @@ from blocks.scan import selective_scan
 from hybridlab.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# One torch thread in the tests and in the Python processes they start, whatever the order the tests run
+# in (some measurement tests leave one thread behind) and however many pytest workers (`-n`) share the
+# cores: threads of a tiny model gain nothing, and OpenMP threads spin-wait for each other when the cores
+# are busy with another worker.
+torch.set_num_threads(1)
+os.environ["OMP_NUM_THREADS"] = "1"
+
 PASSWORD = "s3cret-pw"
 CLI = "import sys; from hybridlab.cli import main; sys.exit(main(sys.argv[1:]))"
 
@@ -125,6 +134,17 @@ def _private_lock_dir(tmp_path, monkeypatch):
     """Every test gets its own device-lock folder, so tests running side by side never wait on each other."""
     monkeypatch.setenv("HYBRIDLAB_LOCK_DIR", str(tmp_path / "locks"))
     monkeypatch.delenv("HYBRIDLAB_STORAGE", raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _freeze_survivors():
+    """After each test, move what outlives it (modules imported on first use: Lightning, timm, Optuna,
+    pandas) out of the cyclic collector's sight. The study runner does a full `gc.collect()` after every
+    trial, and a full pass over a process with all of them loaded costs about a second; frozen objects
+    are still freed by reference counting, and the test's own cyclic garbage is collected first."""
+    yield
+    gc.collect()
+    gc.freeze()
 
 
 def free_port() -> int:

@@ -8,6 +8,7 @@ busy processes slows to a crawl; the result does not depend on it.
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from blocks import ModelSpec
@@ -29,6 +30,8 @@ def _train(pattern: str, tmp_path) -> tuple[float, int]:
     return result["top1"], params
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1800)  # a hang guard: about 100 s of CPU, which a machine shared with others can stretch past 600 s
 def test_conv_only_scores_clearly_worse_than_a_hybrid_of_similar_size(tmp_path) -> None:
     conv, conv_params = _train("C*2 | C*4", tmp_path)
     hybrid, hybrid_params = _train("C*2 | M*2 A*2", tmp_path)
