@@ -191,9 +191,11 @@ def test_several_workers_decide_each_promotion_once(tmp_path, fake_trials) -> No
     raw = _raw(storage=f"journal://{tmp_path / 'shared.log'}")
     config = load_study_config("tiny.yaml", raw=raw)
     errors: list[BaseException] = []
+    start = threading.Barrier(3)
 
     def worker() -> None:
         try:
+            start.wait(timeout=60)  # all three open the study together, so their claims interleave
             run_study(config, RunOptions(results_dir=tmp_path, echo=lambda line: None, progress=False))
         except BaseException as exc:  # noqa: BLE001  (reported by the assertion below)
             errors.append(exc)
@@ -207,7 +209,8 @@ def test_several_workers_decide_each_promotion_once(tmp_path, fake_trials) -> No
     study = optuna.load_study(study_name="tiny", storage=open_storage(raw["storage"]))
     assert len(study.trials) == 18 and {t.state for t in study.trials} == {TrialState.COMPLETE}
     assert [_complete(study, k) for k in range(3)] == EXPECTED
-    assert len({t.user_attrs["thread"] for t in study.trials}) >= 2  # the work was shared
+    # (which thread ran which trial depends on the scheduler: a loaded machine may let one thread take them all,
+    # so the checks below hold whatever the split)
     for t in study.trials:  # no trial of a rung started before every trial of the rung below had finished
         below = [o for o in study.trials if o.user_attrs["rung"] == t.user_attrs["rung"] - 1]
         assert all(o.datetime_complete <= t.datetime_start for o in below)
