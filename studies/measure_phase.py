@@ -30,6 +30,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hybridlab.atomic import atomic_write
 from hybridlab.errors import HybridlabError
+from hybridlab.fidelity import SUPERNET_RANK, rank_of
 from hybridlab.urls import mask_password
 from studies.config import StudyConfig
 from studies.side_by_side_view import SIDE_BY_SIDE, overlaid
@@ -68,9 +69,18 @@ def write_table(study: Any, folder: Path) -> Path:
 # -- the phase ----------------------------------------------------------------------------------------------------------
 
 def finished_architectures(study: optuna.Study) -> dict[str, list[FrozenTrial]]:
-    """arch_hash -> its COMPLETE trials, in the order of their first trial."""
+    """arch_hash -> its COMPLETE trials of the study's highest fidelity, in the order of their first trial.
+
+    The report's tables and front show only the highest fidelity (4,096 supernet scores are not 4,096 models
+    to time), so those are the architectures measured.
+    """
+    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    ranks = {t.number: rank_of(t.user_attrs.get("fidelity_label"), t.user_attrs.get("fidelity_rank")) for t in finished}
+    top = max(ranks.values(), default=None)
     out: dict[str, list[FrozenTrial]] = {}
-    for trial in sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.number):
+    if top == SUPERNET_RANK:  # only supernet scores so far: their throughput is predicted, no model was trained
+        return out
+    for trial in sorted((t for t in finished if ranks[t.number] == top), key=lambda t: t.number):
         key = trial.user_attrs.get("arch_hash")
         if key:
             out.setdefault(str(key), []).append(trial)

@@ -33,8 +33,9 @@ class Overlaid:
 
     def _overlay(self, trial: FrozenTrial) -> FrozenTrial:
         fields = self._by_arch.get(str(trial.user_attrs.get("arch_hash")))
-        if not fields or trial.state != TrialState.COMPLETE:
-            return trial
+        if not fields or trial.state != TrialState.COMPLETE or trial.user_attrs.get("throughput_predicted"):
+            return trial  # a supernet row keeps its predicted throughput: the agreement section compares the two
+
         out = copy.copy(trial)
         attrs = dict(trial.user_attrs)
         if "throughput_img_s" in attrs:

@@ -116,3 +116,35 @@ def test_phase_after_measures_at_the_end_of_run(tmp_path, monkeypatch, capsys) -
     record = _study(tmp_path).user_attrs[SIDE_BY_SIDE]
     assert record["reference"] == "mixer_only" and len(record["by_arch"]) == 4
     assert "measuring 4 architectures side by side" in capsys.readouterr().out
+
+
+def test_only_the_highest_fidelity_is_measured_and_supernet_rows_keep_their_prediction(tmp_path):
+    import optuna
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import create_trial
+
+    from studies.measure_phase import finished_architectures
+    from studies.side_by_side_view import Overlaid
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", study_name="s")
+
+    def add(arch: str, label: str, rank: int, predicted: bool = False) -> None:
+        attrs = {"arch_hash": arch, "fidelity_label": label, "fidelity_rank": rank, "throughput_img_s": 100.0}
+        if predicted:
+            attrs["throughput_predicted"] = True
+        study.add_trial(create_trial(value=1.0, params={"x": 0.5}, distributions={"x": FloatDistribution(0, 1)},
+                                     user_attrs=attrs))
+
+    for arch in ("a", "b", "c"):
+        add(arch, "supernet", -1, predicted=True)
+    add("a", "full", 1000)
+    add("b", "full", 1000)
+    assert list(finished_architectures(study)) == ["a", "b"]
+    view = Overlaid(study, {"a": {"throughput_img_s": 250.0}})
+    got = {(t.user_attrs["arch_hash"], t.user_attrs["fidelity_label"]): t.user_attrs["throughput_img_s"]
+           for t in view.get_trials()}
+    assert got[("a", "full")] == 250.0 and got[("a", "supernet")] == 100.0
+    only_supernet = optuna.create_study()
+    only_supernet.add_trial(create_trial(value=1.0, user_attrs={"arch_hash": "a", "fidelity_label": "supernet",
+                                                                  "fidelity_rank": -1}))
+    assert finished_architectures(only_supernet) == {}
