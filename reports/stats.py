@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import optimize
+from scipy import integrate, optimize
 from scipy import stats as sps
 
 CONFIDENCE = 0.95
@@ -94,7 +94,15 @@ def paired_power(gap: float, sd: float, n: int, alpha: float = ALPHA) -> float:
     df = n - 1
     crit = sps.t.ppf(1 - alpha / 2, df)
     shift = abs(gap) / (sd / math.sqrt(n))
-    return float(sps.nct.sf(crit, df, shift) + sps.nct.cdf(-crit, df, shift))
+    power = float(sps.nct.sf(crit, df, shift) + sps.nct.cdf(-crit, df, shift))
+    if not math.isfinite(power):  # scipy's noncentral t is NaN far in its tail at df 1: integrate it directly,
+        # T = (Z + shift) / sqrt(V / df) with V ~ chi2(df), so P(|T| > crit) = E_V[Phi(shift - crit s) + Phi(-shift - crit s)]
+        def given(v: float) -> float:
+            s = math.sqrt(v / df)
+            return (sps.norm.cdf(shift - crit * s) + sps.norm.cdf(-shift - crit * s)) * sps.chi2.pdf(v, df)
+
+        power = float(integrate.quad(given, 0.0, math.inf, limit=200)[0])
+    return power
 
 
 def minimum_detectable_difference(sd: float, n: int, alpha: float = ALPHA, power: float = POWER) -> float:

@@ -77,6 +77,14 @@ def test_power_mdd_and_seeds_needed_agree_with_the_noncentral_t():
     assert math.isnan(minimum_detectable_difference(sd, 1))
 
 
+def test_two_seeds_have_a_finite_minimum_detectable_difference():
+    # with one degree of freedom scipy's noncentral t is NaN far in the tail (CIFAR-10 study, 2 seeds per row)
+    mdd = minimum_detectable_difference(0.5, 2)
+    assert math.isfinite(mdd) and paired_power(mdd, 0.5, 2) == pytest.approx(0.8, abs=1e-6)
+    assert mdd > minimum_detectable_difference(0.5, 3) > minimum_detectable_difference(0.5, 10)
+    assert paired_power(11.455, 1.0, 2) == pytest.approx(0.7963, abs=1e-3)  # the shift where scipy gave NaN
+
+
 def test_pooled_sd_and_overlap():
     sd, df = pooled_sd([[1.0, 3.0], [10.0, 10.0, 13.0], [5.0]])
     ss = 2.0 + ((np.array([10.0, 10.0, 13.0]) - 11.0) ** 2).sum()
