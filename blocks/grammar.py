@@ -19,6 +19,7 @@ which folds a stage into runs of at most the stage's length, always parses again
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,6 +98,23 @@ def parse(text: str | Pattern) -> Pattern:
     if not isinstance(text, str):
         raise PatternError(f"expected a pattern string, got {type(text).__name__}")
     return _Parser(text).parse()
+
+
+def with_blocks(base: Pattern, positions: Sequence[tuple[int, int]], blocks: Sequence[BlockSpec]) -> Pattern:
+    """`base` with `blocks[k]` at `positions[k]` (0-based (stage, index)): one layout of a per-position search."""
+    stages = [list(stage) for stage in base.stages]
+    for (s, j), block in zip(positions, blocks, strict=True):
+        stages[s][j] = block
+    return Pattern(tuple(tuple(stage) for stage in stages))
+
+
+def first_fixed_mismatch(pattern: Pattern, base: Pattern, positions: Collection[tuple[int, int]]) -> tuple[int, int] | None:
+    """The first (stage, index) outside `positions` where `pattern` differs from `base` (equal depths assumed)."""
+    for s, stage in enumerate(base.stages):
+        for j, block in enumerate(stage):
+            if (s, j) not in positions and pattern.stages[s][j] != block:
+                return s, j
+    return None
 
 
 def canonical(pattern: str | Pattern) -> str:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from blocks.grammar import BlockSpec, Pattern, PatternError, parse
+from blocks.grammar import BlockSpec, Pattern, PatternError, first_fixed_mismatch, parse, with_blocks
 from blocks.model import HybridNet
 from blocks.spec import ModelSpec
 from blocks.token_block import TokenBlock
@@ -106,10 +106,7 @@ class SuperNet(nn.Module):
 
     def pattern_of(self, path: Sequence[int]) -> str:
         """The canonical pattern text of a path."""
-        stages = [list(stage) for stage in self.base.parsed.stages]
-        for (s, j), c in zip(self.positions, path, strict=True):
-            stages[s][j] = self.choices[c]
-        return Pattern(tuple(tuple(stage) for stage in stages)).canonical()
+        return with_blocks(self.base.parsed, self.positions, [self.choices[c] for c in path]).canonical()
 
     def path_of(self, pattern: str | Pattern) -> Path:
         """The path that builds `pattern`; a one-line error when it differs outside the searched positions."""
@@ -121,12 +118,11 @@ class SuperNet(nn.Module):
         if parsed.depths != base.depths:
             raise ConfigError(f"depths {list(parsed.depths)} differ from the supernet's {list(base.depths)}",
                               "supernet pattern")
-        searched = dict.fromkeys(self.positions)
-        for s, stage in enumerate(parsed.stages):
-            for j, block in enumerate(stage):
-                if (s, j) not in searched and block != base.stages[s][j]:
-                    raise ConfigError(f"stage {s + 1} block {j + 1} is {block.canonical()}, but the supernet fixes "
-                                      f"it to {base.stages[s][j].canonical()}", "supernet pattern")
+        fixed = first_fixed_mismatch(parsed, base, set(self.positions))
+        if fixed is not None:
+            s, j = fixed
+            raise ConfigError(f"stage {s + 1} block {j + 1} is {parsed.stages[s][j].canonical()}, but the supernet fixes "
+                              f"it to {base.stages[s][j].canonical()}", "supernet pattern")
         path = []
         for s, j in self.positions:
             block = parsed.stages[s][j]

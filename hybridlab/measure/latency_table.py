@@ -250,7 +250,7 @@ class LatencyTable:
         return tuple(out)
 
     def _from_pattern(self, text: str) -> tuple[str, ...]:
-        from blocks.grammar import parse
+        from blocks.grammar import first_fixed_mismatch, parse
 
         try:
             parsed = parse(text)
@@ -259,22 +259,19 @@ class LatencyTable:
         base = self.base.parsed
         if parsed.depths != base.depths:
             raise ConfigError(f"depths {list(parsed.depths)} differ from the table's {list(base.depths)}", "layout")
-        for s, stage in enumerate(base.stages):
-            for j, block in enumerate(stage):
-                if (s, j) not in self.positions and parsed.stages[s][j] != block:
-                    raise ConfigError(f"stage {s + 1} block {j + 1} is fixed to {block.canonical()!r} in this table, "
-                                      f"got {parsed.stages[s][j].canonical()!r}", "layout")  # fmt: skip
+        fixed = first_fixed_mismatch(parsed, base, self.positions)
+        if fixed is not None:
+            s, j = fixed
+            raise ConfigError(f"stage {s + 1} block {j + 1} is fixed to {base.stages[s][j].canonical()!r} in this table, "
+                              f"got {parsed.stages[s][j].canonical()!r}", "layout")
         return self.layout_choices([parsed.stages[s][j].canonical() for s, j in self.positions])
 
     def pattern(self, layout: str | Sequence[str]) -> str:
         """The canonical pattern of a layout (to build or measure the model it stands for)."""
-        from blocks.grammar import Pattern
+        from blocks.grammar import with_blocks
 
-        chosen = dict(zip(self.positions, self.layout_choices(layout)))
-        base = self.base.parsed
-        stages = tuple(tuple(block_spec(chosen[(s, j)], "layout") if (s, j) in chosen else b for j, b in enumerate(st))
-                       for s, st in enumerate(base.stages))  # fmt: skip
-        return Pattern(stages).canonical()
+        blocks = [block_spec(text, "layout") for text in self.layout_choices(layout)]
+        return with_blocks(self.base.parsed, self.positions, blocks).canonical()
 
     def keys_for(self, layout: str | Sequence[str]) -> list[str]:
         """The entries a layout's time sums: fixed parts, its block at each position, one window per segment."""
