@@ -10,7 +10,9 @@ Phases, each recorded in the study's storage so a killed run resumes at the righ
 2. Score the layouts (`studies.one_shot_score`): all of them up to 10,000, else an evolutionary search.
    The scores go to `supernet/scores.json` first, then into the storage as COMPLETE trials, one per layout,
    with `fidelity_label: supernet`, `fidelity_rank: -1` and a `fidelity` hash of their own (so a stand-alone
-   trial of the same layout is never taken for a finished twin of its supernet score).
+   trial of the same layout is never taken for a finished twin of its supernet score). The scoring's wall and
+   CPU time go into one more PRUNED trial (`role: supernet_scoring`), so the report can set the cost of the
+   whole ranking against one stand-alone training.
 3. Queue the stand-alone trainings: the top `retrain_top` of the predicted front and the `retrain` layouts,
    as ordinary planned trials (slots), which the worker loop then runs like any sampled study's trials.
 
@@ -46,6 +48,7 @@ ROLE = "role"  # user attribute of the supernet-training trial: "supernet"
 SCORED = "one_shot_scored"  # study attribute: layouts stored (phase 2 done)
 RETRAIN_PLANNED = "one_shot_retrain_planned"  # study attribute: stand-alone trainings queued (phase 3 done)
 NOT_A_ROW = "supernet training: not a layout (its layouts are the rows with fidelity_label 'supernet')"
+NOT_A_ROW_SCORING = "supernet scoring: not a layout (the time it took to score the rows with fidelity_label 'supernet')"
 CHUNK = 512  # layouts scored (and trials added) per step, with one progress line each
 
 
@@ -125,15 +128,24 @@ class OneShotSearch:
     def score(self, study: optuna.Study) -> None:
         scores_file = self.root / "scores.json"
         if scores_file.is_file():
-            rows = json.loads(scores_file.read_text())["rows"]
+            stored = json.loads(scores_file.read_text())
+            rows, cost = stored["rows"], stored.get("cost", {})
             self.echo(f"[supernet] {len(rows):,} stored scores read from {scores_file}")
         else:
-            rows = self._score_rows()
-            atomic_write(scores_file, json.dumps({"fidelity": self.fidelity(), "rows": rows}))
+            wall, cpu = time.perf_counter(), time.process_time()
+            rows, images = self._score_rows()
+            cost = {"scoring_time_s": time.perf_counter() - wall, "scoring_cpu_s": time.process_time() - cpu,
+                    "scoring_images": images, "layouts": len(rows), "load_avg_end": os.getloadavg()[0]}
+            atomic_write(scores_file, json.dumps({"fidelity": self.fidelity(), "cost": cost, "rows": rows}))
         self._store(study, rows)
+        if cost and not any(t.user_attrs.get(ROLE) == "supernet_scoring" for t in study.get_trials(deepcopy=False)):
+            study.add_trial(create_trial(state=TrialState.PRUNED, user_attrs={
+                ROLE: "supernet_scoring", "fail_reason": NOT_A_ROW_SCORING, "label": "supernet scoring",
+                "pattern": self.layout.base.pattern, "seed": self.seed, **cost}))
         study.set_user_attr(SCORED, len(rows))
 
-    def _score_rows(self) -> list[dict[str, Any]]:
+    def _score_rows(self) -> tuple[list[dict[str, Any]], int]:
+        """Every scored layout's row, and the number of validation images each was scored on."""
         from studies.one_shot_train import WEIGHTS, build_supernet, load_supernet
 
         if not (self.root / WEIGHTS).is_file():
@@ -171,7 +183,7 @@ class OneShotSearch:
                                   s.population, s.generations, self.seed)
             rows = list(seen.values())
             self.echo(f"[supernet] scored {len(rows):,} visited layouts ({time.time() - started:.0f} s)")
-        return rows
+        return rows, images
 
     def _store(self, study: optuna.Study, rows: list[dict[str, Any]]) -> None:
         """Add every scored layout as a finished trial (those a killed run already added are skipped)."""
@@ -260,4 +272,4 @@ def prepare(study: optuna.Study) -> None:
         study.set_user_attr(PLANNED, 0)
 
 
-__all__ = ["NOT_A_ROW", "ROLE", "OneShotSearch", "is_one_shot", "layout_labels", "prepare", "supernet_trial"]
+__all__ = ["NOT_A_ROW", "NOT_A_ROW_SCORING", "ROLE", "OneShotSearch", "is_one_shot", "layout_labels", "prepare", "supernet_trial"]

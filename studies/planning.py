@@ -118,14 +118,18 @@ def await_plan(study: optuna.Study, echo: Callable[[str], None] = print, timeout
 
 
 
+SEED_INHERITS = ("layout_label", "one_shot")  # what the other seeds of a one-shot retraining keep: its name, why
+
+
 def enqueue_other_seeds(study: optuna.Study, config: StudyConfig, is_grid: bool, trial: FrozenTrial) -> None:
     """A sampled architecture is trained with every seed: queue the other seeds with the same params."""
     if is_grid or "slot" not in trial.user_attrs or "retry_of" in trial.user_attrs:
         return
     if trial.state == TrialState.FAIL or "seed_of" in trial.user_attrs:
         return
+    kept = {k: trial.user_attrs[k] for k in SEED_INHERITS if k in trial.user_attrs}
     for seed in config.seeds[1:]:
-        study.enqueue_trial(trial.params, user_attrs={"seed": seed, "seed_of": trial.number})
+        study.enqueue_trial(trial.params, user_attrs={**kept, "seed": seed, "seed_of": trial.number})
 
 
 def seed_choices(config: StudyConfig) -> list[int]:

@@ -144,6 +144,10 @@ def test_one_shot_study_end_to_end_and_resume(tmp_path, predictor):
         assert "reused_from" not in t.user_attrs
     table = (tmp_path / "oneshot" / "trials.csv").read_text()
     assert table.count(",supernet,") >= 16
+    cost = [t for t in trials if t.user_attrs.get(ROLE) == "supernet_scoring"]
+    assert len(cost) == 1 and cost[0].state == TrialState.PRUNED
+    assert cost[0].user_attrs["layouts"] == 16 and cost[0].user_attrs["scoring_images"] > 0
+    assert cost[0].user_attrs["scoring_time_s"] > 0 and "top1" not in cost[0].user_attrs
     # a rerun neither trains the supernet again nor rescores nor retrains
     before = len(trials)
     study2, lines2 = run(raw(), tmp_path)
@@ -195,3 +199,18 @@ def test_scored_layout_loads_into_the_stand_alone_model(tmp_path):
     model.eval()
     assert torch.allclose(model(x), net(x, path), atol=1e-5)
 
+
+
+@pytest.mark.slow
+def test_retrained_layouts_train_with_every_seed_under_their_name(tmp_path, predictor):
+    """The supernet trains once (first seed); each retrained layout trains with every seed, keeping its label."""
+    config = raw(retrain_top=0, retrain=["attn_last_half"])
+    config["seeds"] = [0, 1]
+    study, _ = run(config, tmp_path)
+    trials = study.get_trials(deepcopy=False)
+    assert sum(t.user_attrs.get(ROLE) == "supernet" for t in trials) == 1
+    full = [t for t in trials if t.user_attrs.get("fidelity_label") == FULL]
+    assert sorted(t.user_attrs["seed"] for t in full) == [0, 1]
+    assert {t.user_attrs["label"] for t in full} == {"attn_last_half"}
+    assert {t.user_attrs["one_shot"] for t in full} == {"named"}
+    assert len({t.user_attrs["arch_hash"] for t in full}) == 1
