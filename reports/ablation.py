@@ -187,7 +187,7 @@ def ablation_table(abl: pd.DataFrame, objectives: Sequence[Objective], default_l
     rows = []
     for _, r in abl.iterrows():
         is_default = bool(default_label) and r["label"] == default_label
-        name = r["name"] + (" (default)" if is_default else "")
+        name = r["name"] + (" (default)" if is_default and not str(r["name"]).endswith("(default)") else "")
         row = [name, r["pattern"] or DASH]
         row += [fmt_interval(m, r[f"{m}_mean"], r.get(f"{m}_lo"), r.get(f"{m}_hi")) for m in metrics]
         row.append(str(int(r["n"])))

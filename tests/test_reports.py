@@ -171,6 +171,9 @@ def test_ablation_table_differences_to_the_default_row():
     assert table.rows[1][-4:] == ["−0.50", "no (one pair)", "–", "+10.0"]  # one pair: no spread, nothing resolved
     ordered = ablation_frame(frame, MAX2, None, ["no_attn", "attn_first_half"])
     assert ordered["label"].tolist() == ["no_attn", "attn_first_half", "attn_last_half"]
+    named = ablation_table(ablation_frame(frame, MAX2, "attn_last_half", {"attn_last_half": "Last N/2 layers (default)"}),
+                           MAX2, "attn_last_half")
+    assert named.rows[0][0] == "Last N/2 layers (default)"  # a name that says it already is not marked twice
 
 
 # -- masking and loading -----------------------------------------------------------------------------
