@@ -117,14 +117,20 @@ def rebuild_storage(folder: Path, url: str, echo: Any = print) -> optuna.Study:
                                 directions=[o.get("direction", "maximize") for o in objectives])
     metric_names = [o["name"] for o in objectives]
     study.set_metric_names(metric_names)
-    settings = _settings(folder)
-    if settings is not None:
-        study.set_user_attr("settings", settings)
+    config = _config(folder)
+    if config is not None:
+        from studies.record import settings_record
+
+        study.set_user_attr("settings", settings_record(config))
     text = {c: str for c in (*TEXT_COLUMNS, "fidelity", "worker", "resumed_from", "measure_env", "param_candidate",
                              "param_baseline")}
     frame = pd.read_csv(folder / TABLE, keep_default_na=True, low_memory=False, dtype=text).sort_values("number")
     choices = {c[len("param_"):]: sorted({_plain(v) for v in frame[c] if not _missing(v)}, key=str)
                for c in frame.columns if c.startswith("param_")}
+    if "seed" in choices:  # the study file's seed choices, as the run made them (a table holds only those used)
+        from studies.planning import seed_choices
+
+        choices["seed"] = seed_choices(config) if config is not None else sorted({int(v) for v in choices["seed"]})
     counts = {"COMPLETE": 0, "PRUNED": 0, "FAIL": 0, "placeholder": 0}
     slots: set[int] = set()
     number = 0
@@ -158,13 +164,12 @@ def _manifest(folder: Path) -> dict[str, Any]:
         raise HybridlabError(f"cannot read {folder / 'manifest.json'}: {exc}") from None
 
 
-def _settings(folder: Path) -> dict[str, Any] | None:
-    """The settings record of the folder's study.yaml (None when it cannot be read)."""
+def _config(folder: Path) -> Any:
+    """The folder's study.yaml, loaded (None when it cannot be read)."""
     try:
         from studies.config import load_study_config
-        from studies.record import settings_record
 
-        return settings_record(load_study_config(str(folder / "study.yaml")))
+        return load_study_config(str(folder / "study.yaml"))
     except (HybridlabError, OSError):
         return None
 
@@ -178,6 +183,8 @@ def _add_placeholder(study: optuna.Study, attrs: dict[str, Any]) -> None:
 def _add_finished(study: optuna.Study, row: dict[str, Any], attrs: dict[str, Any], state: TrialState,
                   metric_names: list[str], choices: dict[str, list[Any]]) -> None:
     params = {k[len("param_"):]: _plain(v) for k, v in row.items() if k.startswith("param_") and not _missing(v)}
+    if "seed" in params:  # a seed is an int; the table's column may have read it as a float
+        params["seed"] = int(params["seed"])
     distributions = {k: CategoricalDistribution(choices[k]) for k in params}
     constraints = [float(row[k]) for k in sorted(row) if k.startswith("constraint_") and not _missing(row[k])]
     values = None

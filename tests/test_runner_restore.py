@@ -79,3 +79,27 @@ def test_rebuild_refuses_a_storage_that_holds_the_study(finished, capsys) -> Non
     folder, _ = finished
     code, _, err = _cli(capsys, "rebuild-storage", str(folder))
     assert code == 2 and len(err) == 1 and "already holds study 'tiny'" in err[0], err
+
+
+@pytest.mark.slow
+def test_rebuilt_auto_seed_study_keeps_its_seed_choices(tmp_path, monkeypatch, capsys) -> None:
+    """A table holds only the seeds used (0, 1 of max 4, read back as floats); the rebuilt storage must keep
+    the study file's choices as ints, or the rerun is refused for changed seed settings."""
+    monkeypatch.setattr(studies.training, "train_and_evaluate", fake_train)
+    raw = tiny_raw(seeds={"auto": {"initial": 2, "max": 4, "budget": 6}})
+    raw["search_space"]["layout"]["family"] = ["attn_last_half", "mixer_only"]
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    results = tmp_path / "results"
+    args = ["run", str(path), "--results-dir", str(results), "--no-report", "--n-trials", "4"]
+    assert _cli(capsys, *args)[0] in (0, 1)
+    folder = results / "tiny"
+    before = optuna.load_study(study_name="tiny", storage=f"sqlite:///{folder / 'study.db'}").trials
+    (folder / "study.db").unlink()
+    assert _cli(capsys, "rebuild-storage", "tiny", "--results-dir", str(results))[0] == 0
+    after = optuna.load_study(study_name="tiny", storage=f"sqlite:///{folder / 'study.db'}").trials
+    finished = [(a, b) for a, b in zip(before, after, strict=True) if b.state.name == "COMPLETE"]
+    assert finished and all(b.distributions["seed"] == a.distributions["seed"] for a, b in finished)
+    assert all(type(b.params["seed"]) is int and b.params["seed"] == a.params["seed"] for a, b in finished)
+    code, _, err = _cli(capsys, *args)  # resumes instead of refusing the seed settings
+    assert code in (0, 1) and not any("was run with seeds" in line for line in err), err
