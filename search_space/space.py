@@ -146,7 +146,7 @@ class SearchSpace:
         params: dict[str, Any] = {}
         for dim in self.dimensions:
             if dim.active(params):
-                choices = [_storable(c) for c in dim.choices]
+                choices = [storable(c) for c in dim.choices]
                 params[dim.name] = _restore(trial.suggest_categorical(dim.name, choices), dim.choices)
         return self.candidate(params)
 
@@ -172,7 +172,7 @@ class SearchSpace:
             for s in self.free["stages"]:
                 n = sum(1 for k in params if k.startswith(f"s{s}_b"))
                 symbols = {str(b.canonical()): b for b in self.free["symbols"]}
-                stages[s - 1] = [symbols[_storable(params[f"s{s}_b{i}"])] for i in range(n)]
+                stages[s - 1] = [symbols[storable(params[f"s{s}_b{i}"])] for i in range(n)]
         overrides: dict[str, dict[str, Any]] = {}
         if self.variants:
             for symbol, opts in self.variants[params[self.variants_name]].items():
@@ -197,13 +197,13 @@ class SearchSpace:
         parts = []
         if self.layout is not None and family:
             mixer = params.get(MIXER_DIMENSION) if self._mixer_is_searched() else None
-            parts.append(f"{family}/{_storable(mixer)}" if mixer is not None else family)
+            parts.append(f"{family}/{storable(mixer)}" if mixer is not None else family)
         if self.variants:
             parts.append(str(params[self.variants_name]))
         for dim in self.dimensions:
             if ("." in dim.name or dim.name in MODEL_CHOICE_KEYS or dim.name.startswith(("depth_s", "n_attn"))) and dim.name in params:
                 if len(dim.choices) > 1:
-                    parts.append(f"{dim.name}={_storable(params[dim.name])}")
+                    parts.append(f"{dim.name}={storable(params[dim.name])}")
         return " ".join(parts) or family or "base"
 
 
@@ -217,7 +217,7 @@ def _with_options(block: BlockSpec, overrides: Mapping[str, Mapping[str, Any]]) 
     return BlockSpec(block.symbol, tuple(sorted((k, v) for k, v in merged.items() if v != defaults[k])))
 
 
-def _storable(value: Any) -> Any:
+def storable(value: Any) -> Any:
     """Optuna categorical choices must be None/bool/int/float/str: lists become their text."""
     if isinstance(value, (tuple, list)):
         return ",".join(str(v) for v in value)
@@ -228,7 +228,7 @@ def _storable(value: Any) -> Any:
 
 def _restore(value: Any, choices: Sequence[Any]) -> Any:
     for choice in choices:
-        if _storable(choice) == value:
+        if storable(choice) == value:
             return choice
     return value
 

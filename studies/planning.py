@@ -209,6 +209,8 @@ def plan_more_seeds(study: optuna.Study, config: StudyConfig, echo: Callable[[st
         key = row_key(t, by_number)
         if key is None or "duplicate_of" in t.user_attrs or "seed" not in t.user_attrs:
             continue
+        if t.user_attrs.get("placeholder"):  # lost with a storage (studies.restore): to be planned again
+            continue
         planned.setdefault(key, set()).add(int(t.user_attrs["seed"]))
         firsts.setdefault(key, t)
         if config.ablation and t.user_attrs.get("label") == config.ablation.get("default_label") \

@@ -127,10 +127,10 @@ def rebuild_storage(folder: Path, url: str, echo: Any = print) -> optuna.Study:
     frame = pd.read_csv(folder / TABLE, keep_default_na=True, low_memory=False, dtype=text).sort_values("number")
     choices = {c[len("param_"):]: sorted({_plain(v) for v in frame[c] if not _missing(v)}, key=str)
                for c in frame.columns if c.startswith("param_")}
-    if "seed" in choices:  # the study file's seed choices, as the run made them (a table holds only those used)
-        from studies.planning import seed_choices
-
-        choices["seed"] = seed_choices(config) if config is not None else sorted({int(v) for v in choices["seed"]})
+    if config is not None:  # Optuna refuses a parameter whose choices differ between trials of a study
+        choices.update({k: v for k, v in param_choices(config).items() if k in choices})
+    elif "seed" in choices:
+        choices["seed"] = sorted({int(v) for v in choices["seed"]})
     counts = {"COMPLETE": 0, "PRUNED": 0, "FAIL": 0, "placeholder": 0}
     slots: set[int] = set()
     number = 0
@@ -164,6 +164,25 @@ def _manifest(folder: Path) -> dict[str, Any]:
         raise HybridlabError(f"cannot read {folder / 'manifest.json'}: {exc}") from None
 
 
+def param_choices(config: Any) -> dict[str, list[Any]]:
+    """Every parameter's choices as the study's trials suggest them (`studies.objective`, `search_space`):
+    the seeds, the baselines, the grid keys and each search dimension."""
+    from search_space.space import storable
+    from studies.planning import grid_keys, seed_choices
+
+    out: dict[str, list[Any]] = {"seed": seed_choices(config)}
+    if getattr(config, "baselines", None):
+        out["baseline"] = [b.label for b in config.baselines]
+    space = getattr(config, "space", None)
+    for dim in getattr(space, "dimensions", ()):
+        out[dim.name] = [storable(c) for c in dim.choices]
+    from studies.one_shot import is_one_shot
+
+    if config.sampler.get("name") == "grid" and space is not None and not is_one_shot(config):  # as studies.runner
+        out["candidate"] = list(grid_keys(space.candidates()))
+    return out
+
+
 def _config(folder: Path) -> Any:
     """The folder's study.yaml, loaded (None when it cannot be read)."""
     try:
@@ -183,8 +202,8 @@ def _add_placeholder(study: optuna.Study, attrs: dict[str, Any]) -> None:
 def _add_finished(study: optuna.Study, row: dict[str, Any], attrs: dict[str, Any], state: TrialState,
                   metric_names: list[str], choices: dict[str, list[Any]]) -> None:
     params = {k[len("param_"):]: _plain(v) for k, v in row.items() if k.startswith("param_") and not _missing(v)}
-    if "seed" in params:  # a seed is an int; the table's column may have read it as a float
-        params["seed"] = int(params["seed"])
+    for key, value in params.items():  # the table reads 3 as 3.0 or "3": take the choice it stands for
+        params[key] = next((c for c in choices[key] if c == value or str(c) == str(value)), value)
     distributions = {k: CategoricalDistribution(choices[k]) for k in params}
     constraints = [float(row[k]) for k in sorted(row) if k.startswith("constraint_") and not _missing(row[k])]
     values = None

@@ -82,24 +82,41 @@ def test_rebuild_refuses_a_storage_that_holds_the_study(finished, capsys) -> Non
 
 
 @pytest.mark.slow
-def test_rebuilt_auto_seed_study_keeps_its_seed_choices(tmp_path, monkeypatch, capsys) -> None:
-    """A table holds only the seeds used (0, 1 of max 4, read back as floats); the rebuilt storage must keep
-    the study file's choices as ints, or the rerun is refused for changed seed settings."""
-    monkeypatch.setattr(studies.training, "train_and_evaluate", fake_train)
-    raw = tiny_raw(seeds={"auto": {"initial": 2, "max": 4, "budget": 6}})
-    raw["search_space"]["layout"]["family"] = ["attn_last_half", "mixer_only"]
+def test_rebuilt_auto_seed_study_resumes_where_it_stopped(tmp_path, monkeypatch, capsys) -> None:
+    """A table holds only the seeds used (read back as floats) and the grid keys in no set order; the rebuilt
+    storage must give every parameter the study file's choices, or Optuna refuses the next trial's ("dynamic
+    value space") and the rerun is refused for changed seed settings. A trial lost in flight is planned again
+    with the same seed, not skipped."""
+    def noisy_train(model, datamodule, recipe, root_dir, seed, **kwargs) -> dict:  # seed noise, no real gap
+        return {**fake_train(model, datamodule, recipe, root_dir, seed), "top1": [50.0, 54.0, 47.0, 52.0][seed]}
+
+    monkeypatch.setattr(studies.training, "train_and_evaluate", noisy_train)
+    raw = tiny_raw(seeds={"auto": {"initial": 2, "max": 4, "budget": 12}})
+    raw["search_space"]["layout"]["family"] = ["mixer_only", "attn_last_half"]  # not in sorted order
+    raw["baselines"] = {"conv_only": {"pattern": "C | C C"}}
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(raw))
     results = tmp_path / "results"
-    args = ["run", str(path), "--results-dir", str(results), "--no-report", "--n-trials", "4"]
-    assert _cli(capsys, *args)[0] in (0, 1)
+    args = ["run", str(path), "--results-dir", str(results), "--no-report"]
+    assert _cli(capsys, *args)[0] == 0
     folder = results / "tiny"
     before = optuna.load_study(study_name="tiny", storage=f"sqlite:///{folder / 'study.db'}").trials
+    added = [t for t in before if "auto_row" in t.user_attrs]
+    assert added, "seeds: auto added no seed; the test needs one to lose"
+    lost = added[-1]
+    table = pd.read_csv(folder / "trials.csv", dtype=str)
+    table.loc[table["number"] == str(lost.number), "state"] = "RUNNING"  # in flight when the storage was lost
+    table.to_csv(folder / "trials.csv", index=False)
     (folder / "study.db").unlink()
     assert _cli(capsys, "rebuild-storage", "tiny", "--results-dir", str(results))[0] == 0
     after = optuna.load_study(study_name="tiny", storage=f"sqlite:///{folder / 'study.db'}").trials
-    finished = [(a, b) for a, b in zip(before, after, strict=True) if b.state.name == "COMPLETE"]
-    assert finished and all(b.distributions["seed"] == a.distributions["seed"] for a, b in finished)
-    assert all(type(b.params["seed"]) is int and b.params["seed"] == a.params["seed"] for a, b in finished)
-    code, _, err = _cli(capsys, *args)  # resumes instead of refusing the seed settings
-    assert code in (0, 1) and not any("was run with seeds" in line for line in err), err
+    kept = [(a, b) for a, b in zip(before, after, strict=True) if b.state.name == "COMPLETE"]
+    assert len(kept) == len(before) - 1
+    assert all(b.distributions == a.distributions and b.params == a.params for a, b in kept)
+    assert all(type(b.params["seed"]) is int for _, b in kept)
+    code, _, err = _cli(capsys, *args)
+    assert code == 0, err
+    done = optuna.load_study(study_name="tiny", storage=f"sqlite:///{folder / 'study.db'}").trials
+    again = [t for t in done[len(before):] if t.state.name == "COMPLETE"]
+    assert [(t.user_attrs["auto_row"], t.user_attrs["seed"]) for t in again] == \
+        [(lost.user_attrs["auto_row"], lost.user_attrs["seed"])]
