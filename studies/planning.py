@@ -26,6 +26,7 @@ from hybridlab.errors import ConfigError, HybridlabError
 from search_space.space import Candidate
 from studies.config import StudyConfig
 from studies.processes import alive
+from studies.storage import resumed_by_another
 
 
 def grid_keys(candidates: list[Candidate]) -> dict[str, Candidate]:
@@ -210,6 +211,8 @@ def plan_more_seeds(study: optuna.Study, config: StudyConfig, echo: Callable[[st
         if key is None or "duplicate_of" in t.user_attrs or "seed" not in t.user_attrs:
             continue
         if t.user_attrs.get("placeholder"):  # lost with a storage (studies.restore): to be planned again
+            continue
+        if t.state == TrialState.FAIL and resumed_by_another(t):  # its resume carries the seed, or replans it
             continue
         planned.setdefault(key, set()).add(int(t.user_attrs["seed"]))
         firsts.setdefault(key, t)

@@ -74,6 +74,12 @@ def retry_trial(study: optuna.Study, trial: FrozenTrial, max_retry: int | None =
     return len(history)
 
 
+def resumed_by_another(trial: FrozenTrial) -> bool:
+    """A trial failed by a signal or a dead worker (or with no reason): its resume is another trial."""
+    reason = str(trial.user_attrs.get("fail_reason", ""))
+    return not reason or reason.startswith("interrupted") or (reason.startswith("worker ") and reason.endswith(" died"))
+
+
 def retry_failed(study: optuna.Study, max_retries: int, force: bool = False) -> list[int]:
     """Queue a retry of every trial that failed on its own (an error, not a dead worker or a signal) and
     has none yet, if it has been tried at most `max_retries` times; `force` retries every failed trial.
@@ -88,9 +94,7 @@ def retry_failed(study: optuna.Study, max_retries: int, force: bool = False) -> 
     for trial in trials:
         if trial.state != TrialState.FAIL or trial.number in retried or trial.user_attrs.get("placeholder"):
             continue
-        reason = str(trial.user_attrs.get("fail_reason", ""))
-        if not force and (not reason or reason.startswith("interrupted") or
-                          (reason.startswith("worker ") and reason.endswith(" died"))):
+        if not force and resumed_by_another(trial):
             continue
         if retry_trial(study, trial, None if force else max_retries) is not None:
             queued.append(trial.number)

@@ -82,7 +82,8 @@ def test_rebuild_refuses_a_storage_that_holds_the_study(finished, capsys) -> Non
 
 
 @pytest.mark.slow
-def test_rebuilt_auto_seed_study_resumes_where_it_stopped(tmp_path, monkeypatch, capsys) -> None:
+@pytest.mark.parametrize("lost_as", ["running", "interrupted"])
+def test_rebuilt_auto_seed_study_resumes_where_it_stopped(tmp_path, monkeypatch, capsys, lost_as) -> None:
     """A table holds only the seeds used (read back as floats) and the grid keys in no set order; the rebuilt
     storage must give every parameter the study file's choices, or Optuna refuses the next trial's ("dynamic
     value space") and the rerun is refused for changed seed settings. A trial lost in flight is planned again
@@ -105,7 +106,11 @@ def test_rebuilt_auto_seed_study_resumes_where_it_stopped(tmp_path, monkeypatch,
     assert added, "seeds: auto added no seed; the test needs one to lose"
     lost = added[-1]
     table = pd.read_csv(folder / "trials.csv", dtype=str)
-    table.loc[table["number"] == str(lost.number), "state"] = "RUNNING"  # in flight when the storage was lost
+    row = table["number"] == str(lost.number)
+    if lost_as == "running":  # in flight when the storage was lost
+        table.loc[row, "state"] = "RUNNING"
+    else:  # stopped by a signal; its resume (a queued copy) was lost with the storage
+        table.loc[row, ["state", "fail_reason"]] = ["FAIL", "interrupted (SIGINT)"]
     table.to_csv(folder / "trials.csv", index=False)
     (folder / "study.db").unlink()
     assert _cli(capsys, "rebuild-storage", "tiny", "--results-dir", str(results))[0] == 0
