@@ -36,6 +36,7 @@ from reports.load import StudyData, load_study, mask_url
 from reports.pareto import aggregate, finished_rows
 from reports.plots import pareto_plot
 from reports.ranking_plots import hypervolume_plot, ranking_plot
+from reports.rung_signal import blind_rungs
 from reports.search_cost import cost_sentence, search_cost
 from reports.summary import findings
 from reports.tables import (
@@ -137,6 +138,7 @@ def write_report(data: StudyData, folder: Path, echo: Echo | None = None) -> lis
     cost = search_cost(everything)
     if cost is not None:
         said.append(cost_sentence(cost))
+    said += blind_rungs(everything, data.manifest)
     if said:
         files["summary.md"] = (f"# {name}: what the data can tell\n\n" + "".join(f"- {s}\n" for s in said)).encode()
         page.bullets("What the data can tell", [s for s in said if section is None or s not in section.sentences],
