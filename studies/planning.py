@@ -29,6 +29,16 @@ from studies.processes import alive
 from studies.storage import resumed_by_another
 
 
+def study_grid_keys(config: StudyConfig) -> dict[str, Candidate] | None:
+    """The `candidate` parameter's choices of a grid study (None when the study samples, or is one-shot,
+    which plans its own trials)."""
+    from studies.one_shot import is_one_shot
+
+    if config.sampler["name"] != "grid" or is_one_shot(config):
+        return None
+    return grid_keys(config.space.candidates())
+
+
 def grid_keys(candidates: list[Candidate]) -> dict[str, Candidate]:
     """Readable, unique grid values: the label, with a suffix where two candidates share one."""
     keys: dict[str, Candidate] = {}

@@ -168,18 +168,16 @@ def param_choices(config: Any) -> dict[str, list[Any]]:
     """Every parameter's choices as the study's trials suggest them (`studies.objective`, `search_space`):
     the seeds, the baselines, the grid keys and each search dimension."""
     from search_space.space import storable
-    from studies.planning import grid_keys, seed_choices
+    from studies.planning import seed_choices, study_grid_keys
 
     out: dict[str, list[Any]] = {"seed": seed_choices(config)}
-    if getattr(config, "baselines", None):
+    if config.baselines:
         out["baseline"] = [b.label for b in config.baselines]
-    space = getattr(config, "space", None)
-    for dim in getattr(space, "dimensions", ()):
+    for dim in config.space.dimensions:
         out[dim.name] = [storable(c) for c in dim.choices]
-    from studies.one_shot import is_one_shot
-
-    if config.sampler.get("name") == "grid" and space is not None and not is_one_shot(config):  # as studies.runner
-        out["candidate"] = list(grid_keys(space.candidates()))
+    keys = study_grid_keys(config)
+    if keys is not None:
+        out["candidate"] = list(keys)
     return out
 
 

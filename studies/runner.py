@@ -108,9 +108,7 @@ class StudyRunner:
         self.folder = study_folder(options.results_dir, config.name)
         self.storage_url = options.storage or config.storage or default_storage_url(options.results_dir, config.name)
         self.shown_url = mask_password(self.storage_url)
-        grid = config.sampler["name"] == "grid" and not one_shot.is_one_shot(config)  # one-shot plans its own
-        candidates = config.space.candidates() if grid else None
-        self.keys = planning.grid_keys(candidates) if candidates is not None else None
+        self.keys = planning.study_grid_keys(config)
         objective = TrialObjective
         if config.strategy is not None and config.strategy.name == "halving":
             from studies.halving_objective import HalvingObjective as objective
